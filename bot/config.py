@@ -1,0 +1,197 @@
+"""Load bot.yaml and the environment into one typed, frozen AppConfig; errors name the key and its line."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote_plus
+
+import yaml
+from dotenv import dotenv_values
+from pydantic import Field, ValidationError
+
+from bot.discord.config import DiscordConfig
+from bot.telegram.config import TelegramConfig
+from engine.settings import Cards, CharacterEntry, Language, Limits, Models, Mongo, Strict
+
+
+class HttpConfig(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    allow_ips: tuple[str, ...] = ()          # empty: every address; else only these (CIDR allowed)
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    max_input_chars: int = Field(500, ge=1)  # /Llama_stream and /Lumimaid_stream, as the older server
+    max_history: int = Field(20, ge=1)       # /chatweb turns kept
+    human_tag: str = "### 사용자"
+    ai_tag: str = "### AI"
+    stop_strings: tuple[str, ...] = ("### 사용자", "### AI", "###")
+
+
+class AppConfig(Strict):
+    language: Language = Language()
+    models: Models
+    mongo: Mongo = Mongo()
+    http: HttpConfig = HttpConfig()
+    limits: Limits = Limits()
+    cards: Cards = Cards()
+    characters: tuple[CharacterEntry, ...] = ()
+    discord: DiscordConfig = DiscordConfig()
+    telegram: TelegramConfig = TelegramConfig()
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Secrets come only from the environment (or a .env file), never from bot.yaml."""
+
+    mongo_uri: str | None
+    api_key: str | None
+    discord_token: str | None
+    telegram_token: str | None
+    env: dict[str, str]
+
+    def get(self, name: str | None) -> str | None:
+        return self.env.get(name) if name else None
+
+
+@dataclass(frozen=True)
+class Loaded:
+    config: AppConfig
+    secrets: Secrets
+    path: Path
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+
+class ConfigError(Exception):
+    """One line that says what is wrong and where."""
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A SafeLoader that remembers the line of every mapping key."""
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict:
+    mapping = _LinedDict()
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in mapping:
+            raise ConfigError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r}")
+        mapping[key] = loader.construct_object(value_node, deep=True)
+        mapping.lines[key] = key_node.start_mark.line + 1
+    mapping.line = node.start_mark.line + 1
+    return mapping
+
+
+class _LinedDict(dict):
+    def __init__(self):
+        super().__init__()
+        self.lines: dict[Any, int] = {}
+        self.line = 0
+
+
+class _LinedList(list):
+    line = 0
+
+
+def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> list:
+    seq = _LinedList(loader.construct_object(child, deep=True) for child in node.value)
+    seq.line = node.start_mark.line + 1
+    seq.lines = [child.start_mark.line + 1 for child in node.value]
+    return seq
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+
+
+def _line_of(doc: Any, loc: tuple) -> tuple[str, int | None]:
+    """Follow a pydantic error location through the parsed YAML to a dotted key and a line."""
+    node, line, parts = doc, getattr(doc, "line", None), []
+    for part in loc:
+        if isinstance(node, _LinedDict) and part in node:
+            line = node.lines.get(part, line)
+            parts.append(str(part))
+            node = node[part]
+        elif isinstance(node, _LinedList) and isinstance(part, int) and part < len(node):
+            line = node.lines[part]
+            parts.append(f"[{part}]")
+            node = node[part]
+        elif isinstance(node, (_LinedDict, _LinedList)) and isinstance(part, str) and "[" not in part \
+                and part not in ("transformers", "llamacpp", "openai"):
+            parts.append(part)   # a missing or unknown key: report it under its parent's line
+            node = None
+        # else: a discriminator tag or validator name pydantic adds; not a YAML key
+    return ".".join(parts).replace(".[", "["), line
+
+
+def _format_error(err: dict, doc: Any, path: Path) -> str:
+    key, line = _line_of(doc, tuple(err["loc"]))
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif err["type"] == "missing":
+        msg = "required key is missing"
+    where = f"{path}:{line}" if line else str(path)
+    return f"{where}: {key or '(top level)'}: {msg}"
+
+
+def parse_config(text: str, path: Path) -> AppConfig:
+    try:
+        doc = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    try:
+        return AppConfig.model_validate(doc)
+    except ValidationError as e:
+        errors = e.errors()
+        first = _format_error(errors[0], doc, path)
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(first + more) from None
+
+
+def _mongo_uri(env: dict[str, str]) -> str | None:
+    """MONGO_URI, else one built from the older server's parts, else None (embedded server)."""
+    if env.get("MONGO_URI"):
+        return env["MONGO_URI"]
+    host = env.get("MONGO_HOST")
+    if not host:
+        return None
+    port = env.get("MONGO_PORT", "27017")
+    user, password = env.get("MONGO_ADMIN_USER"), env.get("MONGO_ADMIN_PASSWORD")
+    cred = f"{quote_plus(user)}:{quote_plus(password or '')}@" if user else ""
+    db = env.get("MONGO_DATABASE", "")
+    auth = f"?authSource={quote_plus(env['MONGO_AUTH'])}" if env.get("MONGO_AUTH") else ""
+    return f"mongodb://{cred}{host}:{port}/{db}{auth}"
+
+
+def load_secrets(env_file: Path | None = None, environ: dict[str, str] | None = None) -> Secrets:
+    env: dict[str, str] = {}
+    if env_file is not None and env_file.is_file():
+        env.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    env.update(os.environ if environ is None else environ)   # the real environment wins over .env
+    return Secrets(
+        mongo_uri=_mongo_uri(env),
+        api_key=env.get("BOT_API_KEY") or None,
+        discord_token=env.get("DISCORD_TOKEN") or None,
+        telegram_token=env.get("TELEGRAM_TOKEN") or None,
+        env=env,
+    )
+
+
+def load(path: str | Path, environ: dict[str, str] | None = None) -> Loaded:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror or e}") from None
+    config = parse_config(text, path)
+    return Loaded(config=config, secrets=load_secrets(Path(".env"), environ), path=path.resolve())

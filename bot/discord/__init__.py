@@ -1,0 +1,1 @@
+"""Discord adapter (discord.py): slash commands, mentions, DMs, streamed edits, character webhooks."""

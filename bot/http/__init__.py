@@ -1,0 +1,1 @@
+"""The aiohttp sidecar: the older server's endpoints, admin, health and metrics."""

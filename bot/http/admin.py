@@ -1,0 +1,42 @@
+"""Admin endpoints: the older server's /mongo listing, and a user's stored conversation."""
+from __future__ import annotations
+
+from aiohttp import web
+
+from bot.http.context import ctx_of
+from bot.http.errors import ApiError
+
+
+async def mongo_databases(request: web.Request) -> web.Response:
+    names = await ctx_of(request).engine.store.database_names()
+    return web.json_response({"Database": names})
+
+
+async def mongo_collections(request: web.Request) -> web.Response:
+    db_name = request.query.get("db_name", "")
+    if not db_name:
+        raise ApiError(422, "db_name: query parameter required")
+    names = await ctx_of(request).engine.store.collection_names(db_name)
+    if names is None:
+        raise ApiError(404, f"no database named {db_name!r}")
+    return web.json_response({"Collections": names})
+
+
+async def conversation(request: web.Request) -> web.Response:
+    """The remembered messages of an HTTP session (the ``session`` of /Llama_stream and /Lumimaid_stream)."""
+    engine = ctx_of(request).engine
+    session, kind = request.match_info["session"], request.query.get("kind", "llama")
+    if kind not in ("llama", "lumimaid"):
+        raise ApiError(422, "kind: must be llama or lumimaid")
+    convs = [c for c in await engine.store.conversations_of(f"http:{session}") if c["scope"] == f"http:{kind}"]
+    if not convs:
+        raise ApiError(404, f"no conversation for session {session!r}")
+    messages = await engine.history(convs[0]["_id"], limit=int(request.query.get("limit", "100")))
+    return web.json_response({"conversation_id": convs[0]["_id"], "messages": [
+        {"role": m["role"], "content": m["content"], "ts": m["ts"]} for m in messages]})
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/mongo/db", mongo_databases)
+    app.router.add_get("/mongo/collections", mongo_collections)
+    app.router.add_get("/conversations/{session}", conversation)

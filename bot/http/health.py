@@ -1,0 +1,23 @@
+"""/health (models loaded, store reachable) and /metrics (Prometheus text)."""
+from __future__ import annotations
+
+from aiohttp import web
+
+from bot.http.context import ctx_of
+
+
+async def health(request: web.Request) -> web.Response:
+    report = await ctx_of(request).engine.health()
+    ok = report["store"]["ok"]
+    report["status"] = "ok" if ok else "degraded"
+    return web.json_response(report, status=200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    m = ctx_of(request).metrics
+    return web.Response(body=m.render(), headers={"Content-Type": m.content_type})
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)

@@ -1,0 +1,143 @@
+"""The older servers' endpoints, same shapes: /Llama_stream, /Lumimaid_stream, /inferweb, /chatweb."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, StrictBool, StrictStr
+
+from bot.http.context import ctx_of
+from bot.http.errors import ApiError, parse_body
+from bot.http.replies import collect, request_lang, stream_text
+from engine.cards import Card
+from engine.types import GenParams, Speaker, Turn
+
+Session = Annotated[StrictStr, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class LlamaBody(_Body):
+    input_data: StrictStr = Field(min_length=1)
+    google_access: StrictBool = False        # accepted for compatibility; this bot does no web search
+    session: Session | None = None           # remember the conversation under this id
+
+
+class LumimaidBody(_Body):
+    input_data: StrictStr = Field(min_length=1)
+    character_name: StrictStr = Field(min_length=1, max_length=100)
+    greeting: StrictStr = ""
+    context: StrictStr = ""
+    image: HttpUrl | None = None
+    access_level: StrictBool = True
+    session: Session | None = None
+
+
+class Instruction(_Body):
+    command: StrictStr
+
+
+class HistoryItem(_Body):
+    type: StrictStr
+    str: StrictStr
+
+
+class History(_Body):
+    count: int = Field(0, ge=0)
+    history: list[HistoryItem] = []
+
+
+class InferBody(_Body):
+    instruction: Instruction
+    input: StrictStr = Field(min_length=1)
+
+
+class ChatBody(InferBody):
+    history: History = History()
+
+
+def _check_len(ctx, text: str, field: str = "input_data") -> None:
+    limit = ctx.config.http.max_input_chars
+    if len(text) > limit:
+        raise ApiError(422, f"{field}: at most {limit} characters (got {len(text)})")
+
+
+def _speaker(request: web.Request, session: str | None, lang: str) -> Speaker:
+    return Speaker(id=f"http:{session}" if session else f"http:{request.remote}", name="User", lang=lang)
+
+
+async def llama_stream(request: web.Request) -> web.StreamResponse:
+    ctx = ctx_of(request)
+    body = await parse_body(request, LlamaBody)
+    _check_len(ctx, body.input_data)
+    lang = request_lang(request, ctx.config.language.default)
+    turn = Turn(speaker=_speaker(request, body.session, lang), scope="http:llama", text=body.input_data,
+                mode="chat", remember=body.session is not None)
+    return await stream_text(request, ctx.engine.reply(turn), lang)
+
+
+async def lumimaid_stream(request: web.Request) -> web.StreamResponse:
+    ctx = ctx_of(request)
+    body = await parse_body(request, LumimaidBody)
+    _check_len(ctx, body.input_data)
+    lang = request_lang(request, ctx.config.language.default)
+    registered = ctx.engine.characters.get(body.character_name) if ctx.engine.characters else None
+    if registered is not None and not (body.context or body.greeting):
+        turn_card, character = None, registered.name
+    else:   # the older server's way: the character described in the request itself
+        turn_card = Card(name=body.character_name, description=body.context, first_mes=body.greeting)
+        character = None
+    turn = Turn(speaker=_speaker(request, body.session, lang), scope="http:lumimaid", text=body.input_data,
+                mode="roleplay", character=character, card=turn_card, remember=body.session is not None)
+    return await stream_text(request, ctx.engine.reply(turn), lang)
+
+
+def _stop(ctx) -> tuple[str, ...]:
+    return tuple(dict.fromkeys((*ctx.config.http.stop_strings, ctx.config.http.human_tag, ctx.config.http.ai_tag)))
+
+
+def _item(tag: str, text: str) -> dict:
+    return {"type": tag, "str": text}
+
+
+async def inferweb(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    body = await parse_body(request, InferBody)
+    _check_len(ctx, body.input, "input")
+    lang = request_lang(request, ctx.config.language.default)
+    turn = Turn(speaker=_speaker(request, None, lang), scope="http:inferweb", text=body.input, mode="chat",
+                remember=False, system=body.instruction.command or None, params=GenParams(stop=_stop(ctx)))
+    result = await collect(ctx.engine.reply(turn))
+    http = ctx.config.http
+    return web.json_response({"result": result, "history": {
+        "history": [_item(http.human_tag, body.input), _item(http.ai_tag, result)]}})
+
+
+async def chatweb(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    body = await parse_body(request, ChatBody)
+    _check_len(ctx, body.input, "input")
+    http = ctx.config.http
+    roles = {http.human_tag: "user", http.ai_tag: "assistant"}
+    for i, item in enumerate(body.history.history):
+        if item.type not in roles:
+            raise ApiError(422, f"history.history.{i}.type: must be {http.human_tag!r} or {http.ai_tag!r}")
+    past = [{"role": roles[i.type], "content": i.str} for i in body.history.history]
+    lang = request_lang(request, ctx.config.language.default)
+    turn = Turn(speaker=_speaker(request, None, lang), scope="http:chatweb", text=body.input, mode="chat",
+                remember=False, history=past, system=body.instruction.command or None,
+                params=GenParams(stop=_stop(ctx)))
+    result = await collect(ctx.engine.reply(turn))
+    items = [i.model_dump() for i in body.history.history] + [_item(http.human_tag, body.input),
+                                                              _item(http.ai_tag, result)]
+    items = items[-2 * http.max_history:]          # a turn is a question and its answer
+    return web.json_response({"result": result, "history": {"count": len(items) // 2, "history": items}})
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/Llama_stream", llama_stream)
+    app.router.add_post("/Lumimaid_stream", lumimaid_stream)
+    app.router.add_post("/inferweb", inferweb)
+    app.router.add_post("/chatweb", chatweb)

@@ -1,0 +1,58 @@
+"""Prometheus metrics: HTTP requests and errors, and the engine's tokens, speed, queue and first-token time."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """One registry per app (no global state), also the engine's EngineMetrics."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self):
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("llmbot_http_requests", "HTTP requests", ["path", "status"], registry=r)
+        self.errors = Counter("llmbot_errors", "Replies that ended in an error", ["model", "code"], registry=r)
+        self.replies = Counter("llmbot_replies", "Replies started", ["model"], registry=r)
+        self.tokens = Counter("llmbot_tokens_generated", "Tokens generated", ["model"], registry=r)
+        self.tps = Gauge("llmbot_tokens_per_second", "Tokens/s of the last finished reply", ["model"], registry=r)
+        self.depth = Gauge("llmbot_queue_depth", "Requests waiting or generating", ["model"], registry=r)
+        self.ttft = Histogram("llmbot_time_to_first_token_seconds", "Time to first token", ["model"], registry=r,
+                              buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.gpu = Gauge("llmbot_gpu_memory_bytes", "CUDA memory allocated", ["device"], registry=r)
+        self.info = Gauge("llmbot_model_info", "Loaded models", ["role", "backend", "model", "adapter"], registry=r)
+
+    # EngineMetrics
+    def reply_started(self, model: str) -> None:
+        self.replies.labels(model).inc()
+
+    def reply_finished(self, model: str, *, tokens: int, gen_s: float, ttft_s: float | None, error: str | None) -> None:
+        self.tokens.labels(model).inc(tokens)
+        if tokens and gen_s > 0:
+            self.tps.labels(model).set(tokens / gen_s)
+        if ttft_s is not None:
+            self.ttft.labels(model).observe(ttft_s)
+        if error:
+            self.errors.labels(model, error).inc()
+
+    def queue_depth(self, model: str, depth: int) -> None:
+        self.depth.labels(model).set(depth)
+
+    def describe_models(self, infos: dict[str, dict]) -> None:
+        for role, info in infos.items():
+            self.info.labels(role, info.get("backend", ""), str(info.get("model", "")),
+                             str(info.get("adapter") or "")).set(1)
+
+    def render(self) -> bytes:
+        self._sample_gpu()
+        return generate_latest(self.registry)
+
+    def _sample_gpu(self) -> None:
+        try:
+            import torch
+        except ImportError:
+            return
+        if torch.cuda.is_available():
+            for i in range(torch.cuda.device_count()):
+                self.gpu.labels(f"cuda:{i}").set(torch.cuda.memory_allocated(i))

@@ -1,0 +1,1 @@
+"""Telegram adapter (python-telegram-bot): commands, DMs streamed as drafts, groups streamed by edits."""

@@ -1,0 +1,1 @@
+"""The engine: models, scheduling, prompts and the store; it knows no chat platform."""

@@ -1,0 +1,1 @@
+"""Model backends behind one TextGenerator protocol: transformers, llama.cpp, OpenAI-compatible servers."""

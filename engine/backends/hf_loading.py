@@ -1,0 +1,99 @@
+"""Load a transformers causal LM and its tokenizer from an HF id, a local folder or a GGUF file."""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+# adapter_info is imported from here by /health and /metrics.
+from engine.finetune.adapters import adapter_info, attach_adapters
+from engine.settings import TransformersModel, resolve_model_path
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, _DTYPES[name]) if name in _DTYPES else "auto"
+
+
+def model_source(cfg: TransformersModel, base_dir: Path) -> tuple[str, str | None]:
+    """(folder or HF id, gguf file name or None) of the configured model."""
+    if cfg.model.endswith(".gguf"):
+        path = resolve_model_path(cfg.model, base_dir)
+        return str(path.parent), path.name
+    local = resolve_model_path(cfg.model, base_dir)
+    return (str(local), None) if local.exists() else (cfg.model, None)
+
+
+def model_file(cfg: TransformersModel, base_dir: Path) -> Path | None:
+    """The single weights file to checksum, when the model is one file."""
+    src, gguf = model_source(cfg, base_dir)
+    return Path(src) / gguf if gguf else None
+
+
+def _dequantized_copy(src: str, gguf: str, cache_dir: Path) -> Path:
+    """bitsandbytes cannot quantize a GGUF load; save a dequantized copy once and reuse it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = cache_dir / "dequantized" / Path(gguf).stem
+    if (out / "config.json").exists():
+        return out
+    log.info("writing a dequantized copy of %s to %s (once)", gguf, out)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(src, gguf_file=gguf).save_pretrained(tmp)
+    tmp.rename(out)
+    return out
+
+
+def load_causal_lm(cfg: TransformersModel, base_dir: Path, cache_dir: Path, *, for_training: bool = False):
+    """(model, tokenizer) as configured: device, 4-bit quantization, dtype.
+
+    ``cache_dir`` is ai_model/ (where dequantized copies go). A configured LoRA
+    adapter is attached unless ``for_training``; a wrong adapter path fails
+    before the model is read.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    if not for_training:
+        adapter_info(cfg, base_dir)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    src, gguf = model_source(cfg, base_dir)
+    kwargs: dict = {}
+    if cfg.quantization != "none":
+        if gguf:
+            src, gguf = str(_dequantized_copy(src, gguf, cache_dir)), None
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=cfg.quantization,
+            bnb_4bit_use_double_quant=cfg.double_quant,
+            bnb_4bit_compute_dtype=_torch_dtype(cfg.compute_dtype),
+        )
+    if gguf:
+        kwargs["gguf_file"] = gguf
+    if cfg.torch_dtype != "auto":
+        kwargs["dtype"] = _torch_dtype(cfg.torch_dtype)
+    if cfg.device == "auto" or (cfg.quantization != "none" and cfg.device.startswith("cuda")):
+        kwargs["device_map"] = "auto" if cfg.device == "auto" else {"": cfg.device}
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=gguf) if gguf else AutoTokenizer.from_pretrained(src)
+    model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
+    if "device_map" not in kwargs and cfg.quantization == "none":
+        model.to("cuda" if cfg.device == "cuda" else cfg.device)
+    if not for_training:
+        model.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not for_training and cfg.adapter:
+        model = attach_adapters(model, cfg, base_dir)
+    return model, tokenizer

@@ -1,0 +1,366 @@
+"""The engine facade: owns both models and the store; turns a Turn into a stream of reply text."""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator
+
+from engine.backends.base import Sampling, TextGenerator
+from engine.cards import CharacterRegistry, build_roleplay_parts, card_to_dict, card_to_png, load_card
+from engine.cards.macros import apply_macros
+from engine.cleaning import StreamCleaner
+from engine.complexity import Classifier, make_classifier, max_new_tokens
+from engine.errors import (EmptyReply, EngineError, GenerationCancelled, InputTooLong, RateLimitedUser,
+                           UnknownCharacter, UserBusy)
+from engine.observe import EngineMetrics, NoMetrics
+from engine.prompts import PromptParts, fit
+from engine.scheduler import ModelQueue, Stats
+from engine.store.repository import Store
+from engine.types import Turn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Model:
+    """One loaded model with its settings, queue and length classifier."""
+
+    role: str
+    cfg: object
+    backend: TextGenerator
+    queue: ModelQueue
+    classifier: Classifier
+
+    def count(self, messages: list[dict[str, str]]) -> int:
+        return self.backend.count_tokens(self.backend.render(messages))
+
+
+@dataclass(eq=False)
+class Reply:
+    """One reply being written. Iterate it for text pieces; ``text`` is their concatenation."""
+
+    engine: "Engine"
+    turn: Turn
+    text: str = ""
+    status: str = "new"               # new | queued | running | done | cancelled | error
+    conversation_id: str | None = None
+    model: str | None = None
+    stats: Stats = field(default_factory=Stats)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    stopped_by_user: bool = False
+    prompt: str = ""                  # the rendered prompt, for tests and debugging
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self.engine._run(self)
+
+
+class _UserGate:
+    """Per-user in-flight and per-minute limits."""
+
+    def __init__(self, per_user: int, policy: str, per_minute: int):
+        self.per_user, self.policy, self.per_minute = per_user, policy, per_minute
+        self.inflight: dict[str, list[Reply]] = collections.defaultdict(list)
+        self.recent: dict[str, collections.deque] = collections.defaultdict(collections.deque)
+
+    async def enter(self, reply: Reply) -> None:
+        uid = reply.turn.speaker.id
+        if self.per_minute:
+            now, window = time.monotonic(), self.recent[uid]
+            while window and now - window[0] > 60:
+                window.popleft()
+            if len(window) >= self.per_minute:
+                raise RateLimitedUser(seconds=int(61 - (now - window[0])))
+            window.append(now)
+        while len(self.inflight[uid]) >= self.per_user:
+            if self.policy == "refuse":
+                raise UserBusy(f"{uid} has {len(self.inflight[uid])} in flight")
+            if reply.cancel.is_set():
+                raise GenerationCancelled("stopped while waiting")
+            await asyncio.sleep(0.05)
+        self.inflight[uid].append(reply)
+
+    def leave(self, reply: Reply) -> None:
+        uid = reply.turn.speaker.id
+        if reply in self.inflight.get(uid, []):
+            self.inflight[uid].remove(reply)
+            if not self.inflight[uid]:
+                del self.inflight[uid]
+
+    def of(self, uid: str) -> list[Reply]:
+        return list(self.inflight.get(uid, []))
+
+
+class Engine:
+    def __init__(self, *, models: dict[str, Model], store: Store, limits, cards_cfg, characters=None,
+                 metrics: EngineMetrics | None = None, on_close=()):
+        self.models = models
+        self.store = store
+        self.limits = limits
+        self.cards_cfg = cards_cfg
+        self.characters = characters
+        self.metrics = metrics or NoMetrics()
+        self.gate = _UserGate(limits.per_user_in_flight, limits.busy_policy, limits.requests_per_minute)
+        self._on_close = list(on_close)
+        self._replies: set[Reply] = set()
+
+    # construction ----------------------------------------------------------------------------
+
+    @staticmethod
+    def make_model(role: str, cfg, backend: TextGenerator) -> Model:
+        queue = ModelQueue(role, backend, cfg.concurrency, cfg.queue_limit, cfg.timeout_s)
+        return Model(role, cfg, backend, queue, make_classifier(cfg.max_new_tokens))
+
+    # conversations -----------------------------------------------------------------------------
+
+    def reply(self, turn: Turn) -> Reply:
+        """A reply to ``turn``; nothing happens until it is iterated."""
+        return Reply(self, turn)
+
+    async def stop(self, speaker_id: str) -> int:
+        """Cancel the speaker's replies in progress (queued or generating); how many."""
+        replies = self.gate.of(speaker_id)
+        for r in replies:
+            r.stopped_by_user = True
+            r.cancel.set()
+        return len(replies)
+
+    async def reset(self, speaker_id: str, scope: str) -> int:
+        """Start new conversations for the speaker in this scope; old ones stay stored."""
+        return await self.store.reset(speaker_id, scope)
+
+    async def history(self, conversation_id: str, limit: int = 100) -> list[dict]:
+        return await self.store.recent_messages(conversation_id, limit)
+
+    async def conversation_for(self, turn: Turn) -> str:
+        """The conversation a turn continues (created if none is active)."""
+        if turn.conversation_id:
+            return turn.conversation_id
+        character = turn.character or (turn.card.name if turn.card is not None else None)
+        return await self.store.active_conversation(turn.speaker.id, turn.scope, turn.mode,
+                                                    character if turn.mode == "roleplay" else None)
+
+    # characters imported at run time ----------------------------------------------------------
+
+    async def import_card(self, data: bytes, by: str):
+        """Validate a card (PNG or JSON), keep it in the store, offer it on every surface at once; its Character.
+
+        Raises CardError (a bad card) or StoreUnavailable; nothing is offered unless it was stored.
+        """
+        card = load_card(data, self.cards_cfg.limits)
+        blob = card_to_png(card, card.image, self.cards_cfg.limits)
+        await self.store.save_character(card.display_name, card_to_dict(card), blob, by)
+        return self.characters.add_imported(load_card(blob, self.cards_cfg.limits))
+
+    # the reply pipeline ------------------------------------------------------------------------
+
+    def _card_for(self, turn: Turn):
+        if turn.mode != "roleplay":
+            return None
+        if turn.card is not None:
+            return turn.card
+        card = self.characters.get(turn.character) if (self.characters and turn.character) else None
+        if card is None:
+            raise UnknownCharacter(f"no character {turn.character!r}")
+        return card
+
+    def _model_for(self, turn: Turn) -> Model:
+        if turn.mode == "chat":
+            return self.models["chat"]
+        found = self.characters.character(turn.character) if (turn.character and self.characters) else None
+        return self.models[found.model if found else "roleplay"]
+
+    def _sampling(self, model: Model, turn: Turn, card) -> Sampling:
+        cfg, p = model.cfg, turn.params
+        stop = tuple(p.stop if p.stop is not None else cfg.stop)
+        user = turn.speaker.name
+        stop = tuple(s.replace("{{user}}", user).replace("{{char}}", card.name if card else "") for s in stop)
+        return Sampling(
+            max_new_tokens=p.max_new_tokens or max_new_tokens(cfg.max_new_tokens, model.classifier, turn.text),
+            temperature=cfg.temperature if p.temperature is None else p.temperature,
+            top_p=cfg.top_p if p.top_p is None else p.top_p,
+            top_k=cfg.top_k if p.top_k is None else p.top_k,
+            repetition_penalty=cfg.repetition_penalty if p.repetition_penalty is None else p.repetition_penalty,
+            stop=stop,
+            seed=cfg.seed,
+        )
+
+    def _parts(self, model: Model, turn: Turn, card, history: list[dict]) -> PromptParts:
+        if card is None:
+            return PromptParts(system=turn.system or model.cfg.system_prompt, user=turn.text, history=history)
+        return build_roleplay_parts(card, turn.speaker.name, history, turn.text, self.cards_cfg.roleplay_prompt,
+                                    count_tokens=model.backend.count_tokens, budget=model.backend.n_ctx)
+
+    def _greeting(self, card, turn: Turn) -> str:
+        if turn.character and self.characters:
+            return self.characters.greeting(turn.character, turn.speaker.name)
+        choices = card.greetings()
+        return apply_macros(random.choice(choices), card.display_name, turn.speaker.name) if choices else ""
+
+    async def _history(self, reply: Reply, card) -> list[dict]:
+        """Stored memory (or the turn's explicit history); a new roleplay opens with the greeting."""
+        turn = reply.turn
+        history = list(turn.history or [])
+        if turn.remember and turn.history is None:
+            docs = await self.store.recent_messages(reply.conversation_id, self.limits.history_messages)
+            history = [{"role": d["role"], "content": d["content"]} for d in docs if d["role"] in ("user", "assistant")
+                       and not (turn.request_key and d.get("request_key") == turn.request_key)]
+        if card is not None and not history:
+            greeting = self._greeting(card, turn)
+            if greeting:
+                history = [{"role": "assistant", "content": greeting}]
+                if turn.remember:
+                    await self.store.add_message(reply.conversation_id, "assistant", greeting, meta={"greeting": True})
+        return history
+
+    async def _run(self, reply: Reply) -> AsyncIterator[str]:
+        turn = reply.turn
+        if len(turn.text) > self.limits.max_input_chars:
+            raise InputTooLong(limit=self.limits.max_input_chars)
+        card = self._card_for(turn)
+        model = self._model_for(turn)
+        reply.model = model.role
+        await self.gate.enter(reply)
+        self._replies.add(reply)
+        error: str | None = None
+        replayed = False
+        self.metrics.reply_started(model.role)
+        try:
+            if turn.remember:
+                reply.conversation_id = await self.conversation_for(turn)
+                if turn.request_key:
+                    done = await self.store.find_reply(reply.conversation_id, turn.request_key)
+                    if done:                       # a replayed request: answer as before, generate nothing
+                        replayed = True
+                        reply.text, reply.status = done["content"], "done"
+                        yield done["content"]
+                        return
+                await self.store.touch_user(turn.speaker.id, turn.speaker.name, turn.speaker.lang)
+            history = await self._history(reply, card)
+            if turn.remember:
+                await self.store.add_message(reply.conversation_id, "user", turn.text, request_key=turn.request_key)
+            sampling = self._sampling(model, turn, card)
+            parts = self._parts(model, turn, card, history)
+            budget = model.backend.n_ctx - sampling.max_new_tokens
+            prompt = reply.prompt = model.backend.render(fit(parts, model.count, budget))
+            cleaner = StreamCleaner(model.cfg.clean, sampling.stop, card.name if card else "")
+            reply.status = "queued"
+            self.metrics.queue_depth(model.role, model.queue.depth + 1)
+            async for raw in model.queue.stream(prompt, sampling, reply.cancel, reply.stats):
+                reply.status = "running"
+                out = cleaner.feed(raw)
+                if out:
+                    reply.text += out
+                    yield out
+                if cleaner.stopped:
+                    break
+            tail = cleaner.finish()
+            if tail:
+                reply.text += tail
+                yield tail
+            if reply.stopped_by_user:
+                raise GenerationCancelled("stopped by the user")
+            if not reply.text.strip():
+                raise EmptyReply("the model produced no text")
+            reply.status = "done"
+        except EngineError as e:
+            error = e.code
+            reply.status = "cancelled" if isinstance(e, GenerationCancelled) else "error"
+            raise
+        except BaseException:
+            error = "cancelled"
+            reply.status = "cancelled"
+            reply.cancel.set()
+            raise
+        finally:
+            self.gate.leave(reply)
+            self._replies.discard(reply)
+            self.metrics.queue_depth(model.role, model.queue.depth)
+            self.metrics.reply_finished(model.role, tokens=reply.stats.finish.tokens if reply.stats.finish else 0,
+                                        gen_s=reply.stats.gen_s, ttft_s=reply.stats.ttft_s, error=error)
+            if turn.remember and reply.conversation_id and reply.text.strip() and not replayed:
+                # Partial replies (stopped, timed out) are kept too, marked with their status.
+                await self.store.add_message(
+                    reply.conversation_id, "assistant", reply.text, request_key=turn.request_key,
+                    meta={"status": reply.status, "model": model.role}, durable=True)
+
+    # life cycle ---------------------------------------------------------------------------------
+
+    async def health(self) -> dict:
+        store_ok = await self.store.ping()
+        return {
+            "models": {role: m.backend.info() | {"queue": m.queue.depth} for role, m in self.models.items()},
+            "store": {"ok": store_ok, "pending_writes": self.store.pending_writes},
+        }
+
+    async def close(self, grace_s: float = 10.0) -> None:
+        """Let replies in flight finish for ``grace_s``, cancel the rest, then release models and store."""
+        deadline = time.monotonic() + grace_s
+        while self._replies and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for r in list(self._replies):
+            r.cancel.set()
+        while self._replies and time.monotonic() < deadline + 5:
+            await asyncio.sleep(0.05)
+        for m in self.models.values():
+            await asyncio.to_thread(m.queue.close)
+            m.backend.close()
+        await self.store.close()
+        for fn in self._on_close:
+            await fn()
+
+
+async def build_engine(*, models_cfg, mongo_cfg, limits, cards_cfg, character_entries, mongo_uri: str | None,
+                       data_dir: Path, base_dir: Path, cache_dir: Path, metrics: EngineMetrics | None = None,
+                       config_file: Path | None = None) -> Engine:
+    """Start the store (embedded server if no URI), load both models, load the characters."""
+    from engine.loading import load_backend
+    from engine.store.embedded import EmbeddedMongo
+
+    on_close = []
+    if mongo_uri is None:
+        if not mongo_cfg.embedded.enabled:
+            raise RuntimeError("no MONGO_URI is set and mongo.embedded.enabled is false")
+        server = EmbeddedMongo(data_dir / "mongo", mongo_cfg.embedded.port, mongo_cfg.embedded.start_timeout_s)
+        await server.start()
+        on_close.append(server.stop)
+        mongo_uri = server.uri
+    try:
+        store = Store(mongo_uri, mongo_cfg.database, mongo_cfg.server_selection_timeout_ms)
+        await store.start()
+        loaded: dict[str, TextGenerator] = {}
+        same = models_cfg.chat == models_cfg.roleplay
+        for role in ("chat", "roleplay"):
+            cfg = getattr(models_cfg, role)
+            if same and role == "roleplay":
+                loaded[role] = loaded["chat"]
+                continue
+            t0 = time.perf_counter()
+            loaded[role] = await asyncio.to_thread(load_backend, role, cfg, base_dir, cache_dir)
+            log.info("%s model loaded in %.1fs: %s", role, time.perf_counter() - t0, loaded[role].info())
+        models = {role: Engine.make_model(role, getattr(models_cfg, role), b) for role, b in loaded.items()}
+        characters = CharacterRegistry(cards_cfg, character_entries, base_dir, config_file=config_file)
+        for doc in await _stored_cards(store):
+            try:
+                characters.add_imported(load_card(doc["image"], cards_cfg.limits))
+            except EngineError as e:
+                log.error("stored character %r not loaded: %s", doc.get("name"), e.detail)
+    except BaseException:
+        for fn in on_close:
+            await fn()
+        raise
+    return Engine(models=models, store=store, limits=limits, cards_cfg=cards_cfg, characters=characters,
+                  metrics=metrics, on_close=on_close)
+
+
+async def _stored_cards(store: Store) -> list[dict]:
+    try:
+        return await store.list_characters()
+    except EngineError as e:
+        log.error("imported characters not loaded: %s", e.detail)
+        return []

@@ -1,0 +1,69 @@
+"""Build a model backend from its config: checksum, then the right backend class."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Mapping
+
+from engine.backends.base import TextGenerator
+from engine.settings import LlamaCppModel, OpenAIModel, TransformersModel, resolve_model_path
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(Exception):
+    """A model that cannot be loaded as configured; the message says which and why."""
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_sha256(role: str, path: Path | None, expected: str | None) -> None:
+    if not expected:
+        return
+    if path is None or not path.is_file():
+        raise ModelLoadError(f"models.{role}.sha256 is set but the model is not a single file")
+    actual = sha256_of(path)
+    if actual != expected:
+        raise ModelLoadError(f"models.{role}: {path} has sha256 {actual}, but bot.yaml expects {expected}; "
+                             "refusing to start with a different model file")
+
+
+def load_backend(role: str, cfg, base_dir: Path, cache_dir: Path,
+                 env: Mapping[str, str] | None = None) -> TextGenerator:
+    """Load one model (blocking; call it in a thread); ``env`` holds secrets such as a server's API key."""
+    try:
+        if isinstance(cfg, LlamaCppModel):
+            from engine.backends.llamacpp_backend import LlamaCppGenerator
+
+            path = resolve_model_path(cfg.model_path, base_dir)
+            if not path.is_file():
+                raise ModelLoadError(f"models.{role}.model_path: no such file: {path}")
+            check_sha256(role, path, cfg.sha256)
+            return LlamaCppGenerator(cfg, path)
+        if isinstance(cfg, TransformersModel):
+            from engine.backends.hf_loading import model_file
+            from engine.backends.transformers_backend import TransformersGenerator
+
+            path = model_file(cfg, base_dir)
+            if path is not None and not path.is_file():
+                raise ModelLoadError(f"models.{role}.model: no such file: {path}")
+            check_sha256(role, path, cfg.sha256)
+            return TransformersGenerator(cfg, base_dir, cache_dir)
+        if isinstance(cfg, OpenAIModel):
+            from engine.backends.openai_backend import OpenAIGenerator
+
+            env = os.environ if env is None else env
+            return OpenAIGenerator(cfg, base_dir, api_key=env.get(cfg.api_key_env) if cfg.api_key_env else None)
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ModelLoadError(f"models.{role}: cannot load: {e}") from e
+    raise ModelLoadError(f"models.{role}: unknown backend")

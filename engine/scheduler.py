@@ -1,0 +1,105 @@
+"""Per-model request queue: bounded concurrency, a queue limit, and generation in worker threads."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from engine.backends.base import Finish, Sampling, TextGenerator
+from engine.errors import EngineBusy, GenerationTimeout, ModelError
+
+_DONE = object()
+
+
+@dataclass
+class Stats:
+    """What one generation measured, for metrics and benchmarks."""
+
+    queued_s: float = 0.0
+    ttft_s: float | None = None
+    gen_s: float = 0.0
+    finish: Finish | None = None
+
+
+class ModelQueue:
+    """One model's gate: at most ``concurrency`` generations, at most ``queue_limit`` waiting."""
+
+    def __init__(self, name: str, backend: TextGenerator, concurrency: int, queue_limit: int, timeout_s: float):
+        self.name = name
+        self.backend = backend
+        self.queue_limit = queue_limit
+        self.timeout_s = timeout_s
+        self._slots = asyncio.Semaphore(concurrency)
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"gen-{name}")
+        self.waiting = 0
+        self.running = 0
+
+    @property
+    def depth(self) -> int:
+        return self.waiting + self.running
+
+    async def stream(self, prompt: str, sampling: Sampling, cancel: threading.Event,
+                     stats: Stats) -> AsyncIterator[str]:
+        """Yield raw text pieces; a consumer that stops early (or is cancelled) stops the model."""
+        if self.waiting >= self.queue_limit and self._slots.locked():
+            raise EngineBusy(f"{self.name} queue full ({self.waiting} waiting)")
+        t0 = time.perf_counter()
+        self.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        stats.queued_s = time.perf_counter() - t0
+        self.running += 1
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue = asyncio.Queue()
+
+        def emit(text: str) -> None:
+            loop.call_soon_threadsafe(pieces.put_nowait, text)
+
+        def work() -> Finish:
+            try:
+                return self.backend.generate(prompt, sampling, cancel, emit)
+            finally:
+                loop.call_soon_threadsafe(pieces.put_nowait, _DONE)
+
+        start = time.perf_counter()
+        future = loop.run_in_executor(self._pool, work)
+        deadline = start + self.timeout_s
+        try:
+            while True:
+                remaining = deadline - time.perf_counter()
+                try:
+                    item = await asyncio.wait_for(pieces.get(), timeout=max(remaining, 0.001))
+                except asyncio.TimeoutError:
+                    raise GenerationTimeout(f"{self.name}: no end after {self.timeout_s}s") from None
+                if item is _DONE:
+                    break
+                if stats.ttft_s is None:
+                    stats.ttft_s = time.perf_counter() - start
+                yield item
+            try:
+                stats.finish = await future
+            except Exception as e:  # noqa: BLE001 - any backend failure is a model error for the user
+                raise ModelError(f"{self.name}: {type(e).__name__}: {e}") from e
+        finally:
+            cancel.set()
+            stats.gen_s = time.perf_counter() - start
+
+            def release(done: asyncio.Future | None = None) -> None:
+                if done is not None and not done.cancelled():
+                    done.exception()   # retrieved: it was already reported, or nobody is listening
+                self.running -= 1
+                self._slots.release()
+
+            # The thread sees ``cancel`` within one token; the slot frees only when it has.
+            if future.done():
+                release()
+            else:
+                future.add_done_callback(release)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

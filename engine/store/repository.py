@@ -1,0 +1,301 @@
+"""Every read and write the bot makes to MongoDB, through PyMongo's AsyncMongoClient.
+
+Queries stay within what both real MongoDB and the embedded nx-27017 server do
+correctly (FACTS.md): string ids, one document per message, no $push, no
+ObjectId equality on other fields, explicit index names, string states
+instead of booleans in filters.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+import uuid
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
+
+from engine.errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+INDEXES: dict[str, list[tuple[str, list[tuple[str, int]], dict]]] = {
+    "conversations": [("conv_owner_scope", [("owner", ASCENDING), ("scope", ASCENDING), ("state", ASCENDING)], {})],
+    "messages": [("msg_conv_ts", [("conv_id", ASCENDING), ("ts", ASCENDING)], {}),
+                 ("msg_conv_key", [("conv_id", ASCENDING), ("request_key", ASCENDING)], {})],
+    "prefs": [("prefs_user", [("user", ASCENDING)], {})],
+    "inbox": [("inbox_state", [("state", ASCENDING), ("ts", ASCENDING)], {})],
+    "users": [], "characters": [], "links": [],
+}
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _guard(fn):
+    """Driver errors that mean 'the database is not there' become StoreUnavailable."""
+
+    @functools.wraps(fn)
+    async def wrapper(self, *args, **kwargs):
+        try:
+            return await fn(self, *args, **kwargs)
+        except (ConnectionFailure, asyncio.TimeoutError) as e:
+            raise StoreUnavailable(f"{fn.__name__}: {e}") from e
+        except OperationFailure:
+            raise
+        except PyMongoError as e:
+            if "timed out" in str(e).lower() or "connection" in str(e).lower():
+                raise StoreUnavailable(f"{fn.__name__}: {e}") from e
+            raise
+
+    return wrapper
+
+
+class Store:
+    def __init__(self, uri: str, default_db: str, server_selection_timeout_ms: int = 3000):
+        # The user's URI is passed untouched: replicaSet, TLS, authSource and the rest are the driver's.
+        self.client: AsyncMongoClient = AsyncMongoClient(
+            uri, serverSelectionTimeoutMS=server_selection_timeout_ms, tz_aware=True,
+        )
+        self.db = self.client.get_default_database(default=default_db)
+        self._indexes_ready = False
+        self._outbox: list[tuple[str, dict]] = []
+        self._flusher: asyncio.Task | None = None
+
+    # life cycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            await self.ensure_indexes()
+        except StoreUnavailable as e:
+            log.error("the database is unavailable (%s); the bot keeps running and retries", e.detail)
+
+    @_guard
+    async def ensure_indexes(self) -> None:
+        for coll, specs in INDEXES.items():
+            for name, keys, opts in specs:
+                await self.db[coll].create_index(keys, name=name, **opts)
+        self._indexes_ready = True
+
+    async def ping(self) -> bool:
+        try:
+            await self.client.admin.command("ping")
+        except PyMongoError:
+            return False
+        if not self._indexes_ready:
+            try:
+                await self.ensure_indexes()
+            except (StoreUnavailable, PyMongoError):
+                return False
+        return True
+
+    async def close(self) -> None:
+        if self._flusher:
+            self._flusher.cancel()
+        await self.flush(attempts=3)
+        if self._outbox:
+            log.error("%d message(s) could not be written before shutdown", len(self._outbox))
+        await self.client.close()
+
+    # durable writes -------------------------------------------------------------------------------
+
+    async def _insert_durable(self, coll: str, doc: dict) -> None:
+        """Insert now, or keep the document and retry until the database is back."""
+        try:
+            await self.db[coll].insert_one(doc)
+        except DuplicateKeyError:
+            pass
+        except (ConnectionFailure, PyMongoError) as e:
+            log.warning("database write failed (%s); kept for retry", e)
+            self._outbox.append((coll, doc))
+            if self._flusher is None or self._flusher.done():
+                self._flusher = asyncio.create_task(self._flush_loop())
+
+    async def _flush_loop(self) -> None:
+        delay = 1.0
+        while self._outbox:
+            await asyncio.sleep(delay)
+            await self.flush(attempts=1)
+            delay = min(delay * 2, 30.0)
+
+    async def flush(self, attempts: int = 1) -> None:
+        for _ in range(attempts):
+            while self._outbox:
+                coll, doc = self._outbox[0]
+                try:
+                    await self.db[coll].insert_one(doc)
+                except DuplicateKeyError:
+                    pass
+                except PyMongoError:
+                    break
+                self._outbox.pop(0)
+            if not self._outbox:
+                return
+            await asyncio.sleep(0.2)
+
+    @property
+    def pending_writes(self) -> int:
+        return len(self._outbox)
+
+    # users and preferences ------------------------------------------------------------------------
+
+    @_guard
+    async def touch_user(self, user_id: str, name: str, lang: str | None) -> None:
+        now = time.time()
+        update: dict[str, Any] = {"$set": {"name": name, "seen": now}, "$setOnInsert": {"created": now}}
+        if lang:
+            update["$set"]["platform_lang"] = lang
+        await self.db.users.update_one({"_id": user_id}, update, upsert=True)
+
+    @_guard
+    async def get_pref(self, user_id: str, key: str, default: Any = None) -> Any:
+        doc = await self.db.prefs.find_one({"_id": f"{user_id}|{key}"})
+        return doc["value"] if doc else default
+
+    @_guard
+    async def set_pref(self, user_id: str, key: str, value: Any) -> None:
+        if value is None:
+            await self.db.prefs.delete_one({"_id": f"{user_id}|{key}"})
+        else:
+            await self.db.prefs.replace_one({"_id": f"{user_id}|{key}"},
+                                            {"_id": f"{user_id}|{key}", "user": user_id, "key": key, "value": value},
+                                            upsert=True)
+
+    # conversations --------------------------------------------------------------------------------
+
+    @_guard
+    async def active_conversation(self, owner: str, scope: str, mode: str, character: str | None) -> str:
+        query = {"owner": owner, "scope": scope, "mode": mode, "character": character or "", "state": "active"}
+        found = await self.db.conversations.find(query).sort("created", ASCENDING).limit(1).to_list(None)
+        if found:
+            return found[0]["_id"]
+        # Not an upsert: nx-27017 ignores $setOnInsert's _id in find_one_and_update and makes an ObjectId.
+        await self.db.conversations.insert_one({**query, "_id": new_id(), "created": time.time_ns()})
+        # Two first messages at once may both insert; everyone settles on the oldest.
+        found = await self.db.conversations.find(query).sort("created", ASCENDING).limit(1).to_list(None)
+        return found[0]["_id"]
+
+    @_guard
+    async def reset(self, owner: str, scope: str) -> int:
+        """Close the owner's active conversations in a scope; the old ones stay stored."""
+        result = await self.db.conversations.update_many(
+            {"owner": owner, "scope": scope, "state": "active"},
+            {"$set": {"state": "closed", "closed": time.time_ns()}},
+        )
+        return result.modified_count
+
+    @_guard
+    async def get_conversation(self, conv_id: str) -> dict | None:
+        return await self.db.conversations.find_one({"_id": conv_id})
+
+    @_guard
+    async def conversations_of(self, owner: str, limit: int = 50) -> list[dict]:
+        cursor = self.db.conversations.find({"owner": owner}).sort("created", DESCENDING).limit(limit)
+        return await cursor.to_list(None)
+
+    # messages -------------------------------------------------------------------------------------
+
+    @_guard
+    async def add_message(self, conv_id: str, role: str, content: str, *, request_key: str | None = None,
+                          meta: dict | None = None, durable: bool = False) -> str:
+        """Store one message; with a ``request_key`` the same request is stored once.
+
+        ``durable`` writes are kept and retried if the database is down (a
+        finished reply must not be lost); others raise StoreUnavailable so the
+        user learns at once that their message was not taken.
+        """
+        if request_key:
+            found = await self.db.messages.find_one({"conv_id": conv_id, "request_key": request_key, "role": role})
+            if found:
+                return found["_id"]
+        doc = {"_id": new_id(), "conv_id": conv_id, "ts": time.time_ns(), "role": role, "content": content,
+               "request_key": request_key or "", "meta": meta or {}}
+        if durable:
+            await self._insert_durable("messages", doc)
+        else:
+            await self.db.messages.insert_one(doc)
+        return doc["_id"]
+
+    @_guard
+    async def recent_messages(self, conv_id: str, limit: int) -> list[dict]:
+        """The newest ``limit`` messages of a conversation, oldest first."""
+        if limit <= 0:
+            return []
+        cursor = self.db.messages.find({"conv_id": conv_id}).sort("ts", DESCENDING).limit(limit)
+        docs = await cursor.to_list(None)
+        return docs[::-1]
+
+    @_guard
+    async def find_reply(self, conv_id: str, request_key: str) -> dict | None:
+        return await self.db.messages.find_one({"conv_id": conv_id, "request_key": request_key, "role": "assistant"})
+
+    # platform message → conversation links (reply chains) ----------------------------------------
+
+    @_guard
+    async def link(self, key: str, conv_id: str) -> None:
+        await self.db.links.replace_one({"_id": key}, {"_id": key, "conv_id": conv_id, "ts": time.time()}, upsert=True)
+
+    @_guard
+    async def linked(self, key: str) -> str | None:
+        doc = await self.db.links.find_one({"_id": key})
+        return doc["conv_id"] if doc else None
+
+    # characters imported at run time ---------------------------------------------------------------
+
+    @_guard
+    async def save_character(self, name: str, data: dict, image: bytes | None, by: str) -> None:
+        doc = {"_id": name.casefold(), "name": name, "data": data, "image": image, "by": by, "ts": time.time()}
+        await self.db.characters.replace_one({"_id": doc["_id"]}, doc, upsert=True)
+
+    @_guard
+    async def list_characters(self) -> list[dict]:
+        return await self.db.characters.find({}).sort("_id", ASCENDING).to_list(None)
+
+    @_guard
+    async def delete_character(self, name: str) -> bool:
+        return (await self.db.characters.delete_one({"_id": name.casefold()})).deleted_count == 1
+
+    # a surface's journal of received events (e.g. Telegram updates) --------------------------------
+
+    @_guard
+    async def inbox_add(self, key: str, payload: dict) -> bool:
+        """Record an event once; False if it was already recorded."""
+        try:
+            await self.db.inbox.insert_one({"_id": key, "payload": payload, "state": "pending", "ts": time.time()})
+            return True
+        except DuplicateKeyError:
+            return False
+
+    @_guard
+    async def inbox_done(self, key: str, result: dict | None = None) -> None:
+        await self.db.inbox.update_one({"_id": key}, {"$set": {"state": "done", "result": result or {},
+                                                               "done_ts": time.time()}})
+
+    @_guard
+    async def inbox_progress(self, key: str, progress: dict) -> None:
+        """Note how far handling a pending event got (e.g. what was already sent), so a resume continues it."""
+        await self.db.inbox.update_one({"_id": key, "state": "pending"}, {"$set": {"progress": progress}})
+
+    @_guard
+    async def inbox_get(self, key: str) -> dict | None:
+        return await self.db.inbox.find_one({"_id": key})
+
+    @_guard
+    async def inbox_pending(self, prefix: str) -> list[dict]:
+        docs = await self.db.inbox.find({"state": "pending"}).sort("ts", ASCENDING).to_list(None)
+        return [d for d in docs if d["_id"].startswith(prefix)]
+
+    # admin ----------------------------------------------------------------------------------------
+
+    @_guard
+    async def database_names(self) -> list[str]:
+        return await self.client.list_database_names()
+
+    @_guard
+    async def collection_names(self, db_name: str) -> list[str] | None:
+        if db_name not in await self.client.list_database_names():
+            return None
+        return sorted(await self.client[db_name].list_collection_names())
