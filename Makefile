@@ -2,10 +2,14 @@
 PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-WHEELHOUSE ?= $(HOME)/.cache/llmbot-wheels
 LLAMA_VERSION := 0.3.36
-# GGML_NATIVE=ON segfaults on these CPUs (AMX); see FACTS.md.
-LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON
+# cpu: the portable CPU build (GGML_NATIVE=ON segfaults on these CPUs, AMX; see FACTS.md); cuda: layer offload to GPUs.
+LLAMA_FLAVOR ?= cpu
+LLAMA_CMAKE_ARGS_cpu := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON
+LLAMA_CMAKE_ARGS_cuda := -DGGML_CUDA=ON -DGGML_NATIVE=OFF
+LLAMA_CMAKE_ARGS ?= $(LLAMA_CMAKE_ARGS_$(LLAMA_FLAVOR))
+# The compiled wheel is kept outside the clone, so a fresh clone or a new venv skips the 5-minute build.
+WHEELHOUSE ?= $(HOME)/.cache/llmbot-wheels/$(LLAMA_FLAVOR)
 STAMP := $(VENV)/.installed
 
 .PHONY: setup run test bench clean
@@ -13,8 +17,9 @@ setup: $(STAMP)
 
 $(WHEELHOUSE)/.llama-$(LLAMA_VERSION):
 	mkdir -p $(WHEELHOUSE)
-	$(PY) -m venv /tmp/llmbot-wheel-venv && /tmp/llmbot-wheel-venv/bin/pip install -q --upgrade pip wheel
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" /tmp/llmbot-wheel-venv/bin/pip wheel --no-deps -w $(WHEELHOUSE) llama-cpp-python==$(LLAMA_VERSION)
+	$(PY) -m venv $(WHEELHOUSE)/.build-venv && $(WHEELHOUSE)/.build-venv/bin/pip install -q --upgrade pip wheel
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(WHEELHOUSE)/.build-venv/bin/pip wheel --no-deps -w $(WHEELHOUSE) llama-cpp-python==$(LLAMA_VERSION)
+	rm -rf $(WHEELHOUSE)/.build-venv
 	touch $@
 
 $(STAMP): requirements.txt $(WHEELHOUSE)/.llama-$(LLAMA_VERSION)

@@ -128,7 +128,10 @@ def _line_of(doc: Any, loc: tuple) -> tuple[str, int | None]:
 
 
 def _format_error(err: dict, doc: Any, path: Path) -> str:
-    key, line = _line_of(doc, tuple(err["loc"]))
+    loc = tuple(err["loc"])
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        loc += ("backend",)       # the models' discriminator: point at the line that chose the backend
+    key, line = _line_of(doc, loc)
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown key"

@@ -183,3 +183,52 @@ async def test_import_card_then_roleplay_with_it(http_api):
         conv = await (await s.get(http_api + "/conversations/sera?kind=lumimaid")).json()
     assert conv["messages"][0]["role"] == "assistant" and "Seraphina" in conv["messages"][0]["content"] or \
         conv["messages"][0]["content"]    # the card's greeting opens the roleplay
+
+
+async def _server_on(engine, config):
+    from bot.http.context import HttpContext
+    from bot.http.metrics import Metrics
+    from bot.http.server import HttpServer
+    from conftest import secrets
+
+    server = HttpServer(HttpContext(engine, config, secrets(), Metrics()), "127.0.0.1", 0)
+    await server.start()
+    return server
+
+
+async def test_ip_allow_list_refuses_other_addresses(engine):
+    from conftest import make_config
+
+    server = await _server_on(engine, make_config({"http": {"allow_ips": ["10.0.0.0/8"]}}))
+    try:
+        async with aiohttp.ClientSession(headers=KEY) as s:
+            r = await s.get(f"http://127.0.0.1:{server.port}/mongo/db")
+            assert r.status == 403 and (await r.json())["status"] == 403
+    finally:
+        await server.stop()
+
+
+async def test_dead_database_gives_503_and_the_server_keeps_running(engine):
+    from conftest import free_port, make_config
+    from engine.engine import Engine
+    from engine.store.repository import Store
+
+    dead = Store(f"mongodb://127.0.0.1:{free_port()}/", "x", server_selection_timeout_ms=300)
+    offline = Engine(models=engine.models, store=dead, limits=engine.limits, cards_cfg=engine.cards_cfg,
+                     characters=engine.characters)
+    server = await _server_on(offline, make_config())
+    url = f"http://127.0.0.1:{server.port}"
+    try:
+        async with aiohttp.ClientSession(headers=KEY) as s:
+            r = await s.post(url + "/Llama_stream", json={"input_data": "hi", "session": "dead-db"})
+            body = await r.json()
+            assert r.status == 503 and body["status"] == 503 and body["data"] is None
+            r = await s.get(url + "/health")
+            assert r.status == 503 and (await r.json())["store"]["ok"] is False
+            r = await s.get(url + "/mongo/db")
+            assert r.status == 503
+            r = await s.post(url + "/Llama_stream", json={"input_data": "Say hi."})   # stateless still works
+            assert r.status == 200 and (await r.text()).strip()
+    finally:
+        await server.stop()
+        await dead.client.close()

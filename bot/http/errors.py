@@ -33,8 +33,8 @@ async def parse_body(request: web.Request, model):
     """The request's JSON body validated by a pydantic model; 400 for broken JSON, 422 naming the field."""
     try:
         raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, f"request body too large (limit {request.app['max_body']} bytes)") from None
+    except web.HTTPRequestEntityTooLarge as e:
+        raise ApiError(413, f"request body too large: {e.text}") from None
     try:
         data = json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError):

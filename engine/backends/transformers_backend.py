@@ -87,8 +87,8 @@ class TransformersGenerator:
                 top_p=None if greedy else sampling.top_p,
                 top_k=None if greedy else (sampling.top_k or None),
                 repetition_penalty=sampling.repetition_penalty,
-                stop_strings=list(sampling.stop) or None,
-                tokenizer=self.tokenizer,
+                # No stop_strings here: building transformers' stop tables costs more than the first token;
+                # the engine's streaming cleaner finds stop strings and cancels within one token.
                 streamer=Streamer(),
                 stopping_criteria=StoppingCriteriaList([Cancelled()]),
                 pad_token_id=self.tokenizer.pad_token_id,
