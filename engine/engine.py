@@ -307,7 +307,7 @@ class Engine:
             r.cancel.set()
         while self._replies and time.monotonic() < deadline + 5:
             await asyncio.sleep(0.05)
-        for m in self.models.values():
+        for m in {id(m): m for m in self.models.values()}.values():     # chat and roleplay may share one
             await asyncio.to_thread(m.queue.close)
             m.backend.close()
         await self.store.close()
@@ -317,7 +317,7 @@ class Engine:
 
 async def build_engine(*, models_cfg, mongo_cfg, limits, cards_cfg, character_entries, mongo_uri: str | None,
                        data_dir: Path, base_dir: Path, cache_dir: Path, metrics: EngineMetrics | None = None,
-                       config_file: Path | None = None) -> Engine:
+                       config_file: Path | None = None, env: dict[str, str] | None = None) -> Engine:
     """Start the store (embedded server if no URI), load both models, load the characters."""
     from engine.loading import load_backend
     from engine.store.embedded import EmbeddedMongo
@@ -333,17 +333,17 @@ async def build_engine(*, models_cfg, mongo_cfg, limits, cards_cfg, character_en
     try:
         store = Store(mongo_uri, mongo_cfg.database, mongo_cfg.server_selection_timeout_ms)
         await store.start()
-        loaded: dict[str, TextGenerator] = {}
-        same = models_cfg.chat == models_cfg.roleplay
+        models: dict[str, Model] = {}
         for role in ("chat", "roleplay"):
             cfg = getattr(models_cfg, role)
-            if same and role == "roleplay":
-                loaded[role] = loaded["chat"]
+            if role == "roleplay" and cfg == models_cfg.chat:
+                # One model object, one queue: a llama.cpp instance must not run two generations at once.
+                models[role] = models["chat"]
                 continue
             t0 = time.perf_counter()
-            loaded[role] = await asyncio.to_thread(load_backend, role, cfg, base_dir, cache_dir)
-            log.info("%s model loaded in %.1fs: %s", role, time.perf_counter() - t0, loaded[role].info())
-        models = {role: Engine.make_model(role, getattr(models_cfg, role), b) for role, b in loaded.items()}
+            backend = await asyncio.to_thread(load_backend, role, cfg, base_dir, cache_dir, env)
+            log.info("%s model loaded in %.1fs: %s", role, time.perf_counter() - t0, backend.info())
+            models[role] = Engine.make_model(role, cfg, backend)
         characters = CharacterRegistry(cards_cfg, character_entries, base_dir, config_file=config_file)
         for doc in await _stored_cards(store):
             try:

@@ -1,0 +1,342 @@
+"""OpenAI-compatible API on the sidecar: GET /v1/models and POST /v1/chat/completions (streamed or not)."""
+from __future__ import annotations
+
+import functools
+import json
+import time
+import uuid
+from typing import Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
+
+from bot.http.context import ctx_of
+from bot.http.errors import validation_message
+from bot.i18n import describe, pick_lang
+from bot.streaming import deliver
+from engine.cards import Card
+from engine.engine import Engine, Reply
+from engine.errors import EngineError
+from engine.types import GenParams, Speaker, Turn
+
+CHARACTER_PREFIX = "character:"
+BASE_MODELS = ("chat", "roleplay")
+MAX_STOP = 16
+PREFIX = "/v1/"
+
+
+# errors in OpenAI's shape -------------------------------------------------------------------------
+
+class OpenAIError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+def _error_type(status: int) -> str:
+    if status == 401:
+        return "authentication_error"
+    if status == 403:
+        return "permission_error"
+    if status == 429:
+        return "rate_limit_error"
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": _error_type(status), "param": param, "code": code}}
+
+
+def openai_error(status: int, message: str, param: str | None = None, code: str | None = None) -> web.Response:
+    return web.json_response(error_body(status, message, param, code), status=status)
+
+
+def engine_error(e: EngineError, lang: str) -> OpenAIError:
+    status = e.http_status if 400 <= e.http_status < 600 else 500
+    return OpenAIError(status, describe(e, lang), code=e.code)
+
+
+def _api_lang(request: web.Request) -> str:
+    # API clients rarely send Accept-Language; English is the lingua franca of API errors.
+    return pick_lang(request.headers.get("Accept-Language", "").split(",")[0], default="en")
+
+
+def openai_errors(handler):
+    """Turn this module's and the engine's errors into OpenAI's error shape, with the right status."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except OpenAIError as e:
+            return openai_error(e.status, e.message, e.param, e.code)
+        except EngineError as e:
+            err = engine_error(e, _api_lang(request))
+            return openai_error(err.status, err.message, code=err.code)
+
+    return wrapped
+
+
+@web.middleware
+async def reshape_errors(request: web.Request, handler):
+    """Errors made outside these handlers (401, 404, 405, 413) in OpenAI's shape too, on /v1/ paths only."""
+    response = await handler(request)
+    if (request.path.startswith(PREFIX) and isinstance(response, web.Response) and response.status >= 400
+            and response.content_type == "application/json" and response.body):
+        try:
+            body = json.loads(response.body)
+        except (TypeError, ValueError):
+            return response
+        if isinstance(body, dict) and "error" not in body and "message" in body:
+            code = "invalid_api_key" if response.status == 401 else None
+            return openai_error(response.status, str(body["message"]), code=code)
+    return response
+
+
+# request body ---------------------------------------------------------------------------------------
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")      # clients send many fields this server does not use
+
+
+class ContentPart(_Body):
+    type: StrictStr
+    text: StrictStr | None = None
+
+
+class Message(_Body):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: StrictStr | list[ContentPart] | None = None
+    name: StrictStr | None = None
+
+    def text(self, index: int) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        for part in self.content:
+            if part.type != "text":
+                raise OpenAIError(400, f"messages[{index}].content: only text parts are supported, "
+                                       f"not {part.type!r}", param=f"messages[{index}].content")
+        return "".join(p.text or "" for p in self.content)
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class ChatRequest(_Body):
+    model: StrictStr = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    stop: StrictStr | list[StrictStr] | None = None
+    n: int = 1
+    seed: int | None = None
+    user: StrictStr | None = Field(None, max_length=200)
+
+
+async def _parse(request: web.Request) -> ChatRequest:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise OpenAIError(413, f"request body too large (limit {request.app['max_body']} bytes)") from None
+    try:
+        data = json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise OpenAIError(400, "request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise OpenAIError(400, "body: expected a JSON object")
+    try:
+        body = ChatRequest.model_validate(data)
+    except ValidationError as e:
+        loc = e.errors()[0]["loc"]
+        raise OpenAIError(400, validation_message(e), param=str(loc[0]) if loc else None) from None
+    if body.n != 1:
+        raise OpenAIError(400, "n: only n=1 is supported", param="n")
+    return body
+
+
+# models ---------------------------------------------------------------------------------------------
+
+def model_ids(engine: Engine) -> list[str]:
+    names = engine.characters.names() if engine.characters else []
+    return [*BASE_MODELS, *(CHARACTER_PREFIX + n for n in names)]
+
+
+def _model_card(model_id: str) -> dict:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": "llmbot"}
+
+
+@openai_errors
+async def list_models(request: web.Request) -> web.Response:
+    return web.json_response({"object": "list", "data": [_model_card(m) for m in model_ids(ctx_of(request).engine)]})
+
+
+@openai_errors
+async def get_model(request: web.Request) -> web.Response:
+    model_id = request.match_info["model"]
+    if model_id not in model_ids(ctx_of(request).engine):
+        raise OpenAIError(404, f"The model {model_id!r} does not exist", param="model", code="model_not_found")
+    return web.json_response(_model_card(model_id))
+
+
+# chat completions -----------------------------------------------------------------------------------
+
+def _turn(engine: Engine, body: ChatRequest, lang: str) -> Turn:
+    texts = [m.text(i) for i, m in enumerate(body.messages)]
+    if body.messages[-1].role != "user":
+        raise OpenAIError(400, "messages: the last message must be the user's", param="messages")
+    system = "\n\n".join(t for m, t in zip(body.messages, texts) if m.role in ("system", "developer") and t.strip())
+    history = [{"role": m.role, "content": t} for m, t in zip(body.messages[:-1], texts[:-1])
+               if m.role in ("user", "assistant")]
+    if body.model == "chat":
+        mode, character, card, role = "chat", None, None, "chat"
+    elif body.model == "roleplay":
+        # The roleplay model with the request's own persona, as the older /Lumimaid_stream did.
+        mode, character, role = "roleplay", None, "roleplay"
+        card = Card(name="Assistant", description=system)
+    elif body.model.startswith(CHARACTER_PREFIX) and engine.characters \
+            and engine.characters.character(body.model[len(CHARACTER_PREFIX):]) is not None:
+        found = engine.characters.character(body.model[len(CHARACTER_PREFIX):])
+        mode, character, card, role = "roleplay", found.name, None, found.model
+    else:
+        raise OpenAIError(404, f"The model {body.model!r} does not exist; GET /v1/models lists them",
+                          param="model", code="model_not_found")
+    model = engine.models[role]
+    max_new = body.max_completion_tokens or body.max_tokens
+    if max_new is not None and max_new >= model.backend.n_ctx:
+        raise OpenAIError(400, f"max_tokens: at most {model.backend.n_ctx - 1} for this model",
+                          param="max_tokens")
+    stop = None
+    if body.stop is not None:
+        extra = [body.stop] if isinstance(body.stop, str) else body.stop
+        if len(extra) > MAX_STOP:
+            raise OpenAIError(400, f"stop: at most {MAX_STOP} sequences", param="stop")
+        # The model's own stops (end-of-turn markers) stay: a request adds to them.
+        stop = tuple(dict.fromkeys((*model.cfg.stop, *(s for s in extra if s))))
+    speaker = Speaker(id=f"openai:{body.user}" if body.user else f"openai:req:{uuid.uuid4().hex}",
+                      name="User", lang=lang)
+    return Turn(speaker=speaker, scope="openai", text=texts[-1], mode=mode, character=character, card=card,
+                remember=False, history=history, system=(system or None) if mode == "chat" else None,
+                params=GenParams(max_new_tokens=max_new, temperature=body.temperature, top_p=body.top_p,
+                                 stop=stop))
+
+
+def _finish_reason(reply: Reply) -> str:
+    finish = reply.stats.finish
+    return "length" if finish is not None and finish.reason == "length" else "stop"
+
+
+def usage_of(reply: Reply) -> dict:
+    finish = reply.stats.finish
+    prompt, completion = (finish.prompt_tokens, finish.tokens) if finish else (0, 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+class ChunkEvents:
+    """OpenAI's ``chat.completion.chunk`` server-sent events, as a ReplySink (only new text is sent)."""
+
+    def __init__(self, request: web.Request, reply: Reply, model: str, include_usage: bool = False):
+        self.request, self.reply, self.model = request, reply, model
+        self.include_usage = include_usage
+        self.id, self.created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        self.response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
+                                                    "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.sent = 0
+        self.failed = False
+        self.code: str | None = None
+
+    async def _event(self, payload: dict | str) -> None:
+        data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+        await self.response.write(f"data: {data}\n\n".encode("utf-8"))
+
+    def _chunk(self, delta: dict, finish_reason: str | None = None) -> dict:
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                "system_fingerprint": None,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+
+    async def open(self) -> None:
+        await self.response.prepare(self.request)
+        await self._event(self._chunk({"role": "assistant", "content": ""}))
+
+    async def update(self, text: str) -> None:
+        if len(text) > self.sent:
+            await self._event(self._chunk({"content": text[self.sent:]}))
+            self.sent = len(text)
+
+    async def finish(self, text: str) -> None:
+        await self.update(text)
+
+    async def fail(self, message: str) -> None:
+        # Headers are gone: the error is an event of its own, which OpenAI's clients raise as APIError.
+        self.failed = True
+        await self._event({"error": {"message": message, "type": "server_error", "param": None,
+                                     "code": self.code}})
+
+    async def close(self) -> None:
+        """The final chunk (finish reason), usage if asked, and the [DONE] line."""
+        if not self.failed:
+            await self._event(self._chunk({}, _finish_reason(self.reply)))
+            if self.include_usage:
+                await self._event({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                                   "model": self.model, "system_fingerprint": None, "choices": [],
+                                   "usage": usage_of(self.reply)})
+        await self._event("[DONE]")
+        await self.response.write_eof()
+
+
+async def _chain(first: str, rest):
+    if first:
+        yield first
+    async for piece in rest:
+        yield piece
+
+
+async def stream_events(sink: ChunkEvents, lang: str) -> web.StreamResponse:
+    """Stream a reply as chunk events; a refusal before any text (busy, unknown…) stays a plain HTTP error."""
+    pieces = aiter(sink.reply)
+    try:
+        first = await anext(pieces)
+    except StopAsyncIteration:
+        first = ""
+    def describe_error(e: Exception) -> str | None:
+        if not isinstance(e, EngineError):
+            return None                      # e.g. the client went away: nothing to tell anyone
+        sink.code = e.code
+        return describe(e, lang)
+
+    await deliver(_chain(first, pieces), sink, interval=0.0, describe_error=describe_error)
+    await sink.close()
+    return sink.response
+
+
+@openai_errors
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    engine = ctx_of(request).engine
+    body = await _parse(request)
+    lang = _api_lang(request)
+    reply = engine.reply(_turn(engine, body, lang))
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return await stream_events(ChunkEvents(request, reply, body.model, include_usage), lang)
+    async for _ in reply:
+        pass
+    return web.json_response({
+        "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+        "model": body.model, "system_fingerprint": None,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text, "refusal": None},
+                     "logprobs": None, "finish_reason": _finish_reason(reply)}],
+        "usage": usage_of(reply),
+    })
+
+
+def setup(app: web.Application) -> None:
+    app.middlewares.insert(0, reshape_errors)     # outermost: sees the auth and routing errors too
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model}", get_model)
+    app.router.add_post("/v1/chat/completions", chat_completions)

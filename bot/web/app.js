@@ -1,0 +1,248 @@
+// The web chat page: pick chat or a character, stream replies, stop, reset; history lives in the bot's store.
+"use strict";
+
+const TEXTS = {
+  en: {
+    talkTo: "Talk to", chat: "Chat", reset: "New conversation", send: "Send", stop: "Stop",
+    placeholder: "Type a message", stopped: "Stopped.", failed: "Could not reach the bot. Please try again.",
+  },
+  ko: {
+    talkTo: "대화 상대", chat: "채팅", reset: "새 대화", send: "보내기", stop: "멈추기",
+    placeholder: "메시지를 입력하세요", stopped: "멈췄어요.", failed: "봇에 연결할 수 없어요. 다시 시도해 주세요.",
+  },
+};
+const LANG = (navigator.languages && navigator.languages[0] || navigator.language || "en")
+  .toLowerCase().startsWith("ko") ? "ko" : "en";
+const T = TEXTS[LANG];
+
+const $ = (id) => document.getElementById(id);
+const log = $("log"), input = $("input"), targetSelect = $("target");
+const state = { characters: new Map(), writing: null, controller: null };
+
+function sessionId() {
+  let id = localStorage.getItem("llmbot.session");
+  if (!id) {
+    // getRandomValues works on plain http too (randomUUID needs a secure context).
+    const bytes = crypto.getRandomValues(new Uint8Array(16));
+    id = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+    localStorage.setItem("llmbot.session", id);
+  }
+  return id;
+}
+const SESSION = sessionId();
+
+function translate() {
+  document.documentElement.lang = LANG;
+  document.querySelectorAll("[data-i18n]").forEach((el) => { el.textContent = T[el.dataset.i18n]; });
+  document.querySelectorAll("[data-i18n-placeholder]").forEach((el) => {
+    el.placeholder = T[el.dataset.i18nPlaceholder];
+  });
+  targetSelect.setAttribute("aria-label", T.talkTo);
+}
+
+function target() { return targetSelect.value || "chat"; }
+
+function addMessage(role, text, extraClass) {
+  const el = document.createElement("div");
+  el.className = `msg ${role}` + (extraClass ? ` ${extraClass}` : "");
+  el.textContent = text;            // never innerHTML: replies are untrusted text
+  log.appendChild(el);
+  log.scrollTop = log.scrollHeight;
+  return el;
+}
+
+function addNote(text) {
+  const el = document.createElement("div");
+  el.className = "note";
+  el.textContent = text;
+  log.appendChild(el);
+  log.scrollTop = log.scrollHeight;
+}
+
+function setWriting(on) {
+  $("send").hidden = on;
+  $("stop").hidden = !on;
+  $("reset").disabled = on;
+  targetSelect.disabled = on;
+}
+
+async function api(path, body) {
+  const res = await fetch(path, body === undefined ? {} : {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+  });
+  if (!res.ok) throw new Error(await errorText(res));
+  return res.json();
+}
+
+async function errorText(res) {
+  try { return (await res.json()).message || T.failed; } catch (e) { return T.failed; }
+}
+
+function showPersona() {
+  const c = state.characters.get(target());
+  $("persona").hidden = !c;
+  if (!c) return;
+  $("persona-name").textContent = c.name;
+  $("avatar").hidden = !c.image;
+  if (c.image) $("avatar").src = c.image;
+}
+
+async function loadHistory() {
+  const t = target();
+  const data = await api(`/web/api/history?session=${SESSION}&target=${encodeURIComponent(t)}`);
+  if (t !== target() || state.writing) return;     // switched again, or a reply started meanwhile
+  log.replaceChildren();
+  const c = state.characters.get(t);
+  if (!data.messages.length && c && c.greeting) addMessage("assistant", c.greeting, "greeting");
+  for (const m of data.messages) {
+    addMessage(m.role, m.content);
+    if (m.role === "assistant" && m.status === "cancelled") addNote(T.stopped);
+  }
+}
+
+async function loadCharacters() {
+  const data = await api("/web/api/characters");
+  for (const c of data.characters) {
+    state.characters.set(c.target, c);
+    const opt = document.createElement("option");
+    opt.value = c.target;
+    opt.textContent = c.name;
+    targetSelect.appendChild(opt);
+  }
+  const saved = localStorage.getItem("llmbot.target");
+  if (saved && [...targetSelect.options].some((o) => o.value === saved)) targetSelect.value = saved;
+}
+
+// Reads OpenAI-style server-sent events: {"choices":[{"delta":{"content":…}}]}, {"error":…}, [DONE].
+async function readEvents(res, onText) {
+  const reader = res.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "", error = null;
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const event = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      for (const line of event.split("\n")) {
+        if (!line.startsWith("data:")) continue;
+        const data = line.slice(5).trim();
+        if (data === "[DONE]") return error;
+        const obj = JSON.parse(data);
+        if (obj.error) { error = obj.error; continue; }
+        const delta = obj.choices && obj.choices[0] && obj.choices[0].delta;
+        if (delta && delta.content) onText(delta.content);
+      }
+    }
+  }
+  return error;
+}
+
+async function send(text) {
+  addMessage("user", text);
+  const out = addMessage("assistant", "", "writing");
+  state.writing = out;
+  state.controller = new AbortController();
+  setWriting(true);
+  const firstReply = !log.querySelector(".msg.assistant:not(.greeting):not(.writing)");
+  try {
+    const res = await fetch("/web/api/chat", {
+      method: "POST", headers: { "Content-Type": "application/json" }, signal: state.controller.signal,
+      body: JSON.stringify({ session: SESSION, target: target(), text }),
+    });
+    if (!res.ok) {
+      out.remove();
+      addNote(await errorText(res));
+      return;
+    }
+    const error = await readEvents(res, (piece) => {
+      out.textContent += piece;
+      log.scrollTop = log.scrollHeight;
+    });
+    if (error) {
+      if (!out.textContent) out.remove();
+      addNote(error.code === "cancelled" ? T.stopped : error.message);
+    }
+  } catch (e) {
+    if (!out.textContent) out.remove();
+    addNote(e.name === "AbortError" ? T.stopped : T.failed);
+  } finally {
+    out.classList.remove("writing");
+    state.writing = null;
+    state.controller = null;
+    setWriting(false);
+    input.focus();
+  }
+  // A new roleplay stores the greeting the engine chose: show exactly what was stored.
+  if (firstReply && state.characters.has(target())) loadHistory().catch(() => {});
+}
+
+async function stop() {
+  const controller = state.controller;
+  try {
+    await api("/web/api/stop", { session: SESSION });
+  } catch (e) { /* the abort below still ends it */ }
+  // The stream ends by itself once the bot has stopped; abort only if it does not.
+  setTimeout(() => { if (controller && state.controller === controller) controller.abort(); }, 3000);
+}
+
+async function reset() {
+  // Nothing is lost: the old conversation stays stored, so no confirmation is asked.
+  await api("/web/api/reset", { session: SESSION, target: target() });
+  await loadHistory();
+}
+
+function autosize() {
+  input.style.height = "auto";
+  input.style.height = `${input.scrollHeight}px`;
+}
+
+function wire() {
+  $("composer").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const text = input.value.trim();
+    if (!text || state.writing || $("send").disabled) return;
+    input.value = "";
+    autosize();
+    send(text);
+  });
+  input.addEventListener("keydown", (e) => {
+    // Enter sends, Shift+Enter breaks the line; never while an IME (Korean input) is composing.
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing && e.keyCode !== 229) {
+      e.preventDefault();
+      $("composer").requestSubmit();
+    }
+  });
+  input.addEventListener("input", autosize);
+  $("stop").addEventListener("click", stop);
+  $("reset").addEventListener("click", () => reset().catch((e) => addNote(e.message)));
+  targetSelect.addEventListener("change", () => {
+    localStorage.setItem("llmbot.target", target());
+    showPersona();
+    loadHistory().catch((e) => addNote(e.message));
+  });
+}
+
+async function main() {
+  translate();
+  wire();
+  $("send").disabled = true;         // until the history is shown, so a first message is not wiped by it
+  try {
+    await loadCharacters();
+  } catch (e) {
+    addNote(e.message);
+  }
+  showPersona();
+  try {
+    await loadHistory();
+  } catch (e) {
+    addNote(e.message);
+  }
+  $("send").disabled = false;
+  document.body.dataset.ready = "1";
+  input.focus();
+}
+
+main();
