@@ -8,10 +8,10 @@ import uuid
 from typing import Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from bot.http.context import ctx_of
-from bot.http.errors import validation_message
+from bot.http.errors import ApiError, parse_body
 from bot.i18n import describe, pick_lang
 from bot.streaming import deliver
 from engine.cards import Card
@@ -142,20 +142,11 @@ class ChatRequest(_Body):
 
 async def _parse(request: web.Request) -> ChatRequest:
     try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise OpenAIError(413, f"request body too large (limit {request.app['max_body']} bytes)") from None
-    try:
-        data = json.loads(raw or b"null")
-    except (ValueError, UnicodeDecodeError):
-        raise OpenAIError(400, "request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise OpenAIError(400, "body: expected a JSON object")
-    try:
-        body = ChatRequest.model_validate(data)
-    except ValidationError as e:
-        loc = e.errors()[0]["loc"]
-        raise OpenAIError(400, validation_message(e), param=str(loc[0]) if loc else None) from None
+        body = await parse_body(request, ChatRequest)
+    except ApiError as e:
+        # OpenAI calls a field error 400 and names the field in ``param``.
+        param = e.message.split(":")[0].split(".")[0] if e.status == 422 else None
+        raise OpenAIError(400 if e.status == 422 else e.status, e.message, param=param) from None
     if body.n != 1:
         raise OpenAIError(400, "n: only n=1 is supported", param="n")
     return body
