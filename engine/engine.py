@@ -53,11 +53,16 @@ class Reply:
     model: str | None = None
     stats: Stats = field(default_factory=Stats)
     cancel: threading.Event = field(default_factory=threading.Event)
-    stopped_by_user: bool = False
+    stop_reason: str | None = None    # "user" (/stop), "shutdown"; None while not stopped
     prompt: str = ""                  # the rendered prompt, for tests and debugging
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self.engine._run(self)
+
+    def stop(self, reason: str = "user") -> None:
+        """End the reply within one token; it then raises GenerationCancelled after its partial text."""
+        self.stop_reason = self.stop_reason or reason
+        self.cancel.set()
 
 
 class _UserGate:
@@ -126,8 +131,7 @@ class Engine:
         """Cancel the speaker's replies in progress (queued or generating); how many."""
         replies = self.gate.of(speaker_id)
         for r in replies:
-            r.stopped_by_user = True
-            r.cancel.set()
+            r.stop("user")
         return len(replies)
 
     async def reset(self, speaker_id: str, scope: str) -> int:
@@ -263,8 +267,8 @@ class Engine:
             if tail:
                 reply.text += tail
                 yield tail
-            if reply.stopped_by_user:
-                raise GenerationCancelled("stopped by the user")
+            if reply.stop_reason:
+                raise GenerationCancelled(f"stopped ({reply.stop_reason})")
             if not reply.text.strip():
                 raise EmptyReply("the model produced no text")
             reply.status = "done"
@@ -287,7 +291,7 @@ class Engine:
                 # Partial replies (stopped, timed out) are kept too, marked with their status.
                 await self.store.add_message(
                     reply.conversation_id, "assistant", reply.text, request_key=turn.request_key,
-                    meta={"status": reply.status, "model": model.role}, durable=True)
+                    status=reply.status, meta={"model": model.role}, durable=True)
 
     # life cycle ---------------------------------------------------------------------------------
 
@@ -304,7 +308,7 @@ class Engine:
         while self._replies and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for r in list(self._replies):
-            r.cancel.set()
+            r.stop("shutdown")
         while self._replies and time.monotonic() < deadline + 5:
             await asyncio.sleep(0.05)
         for m in {id(m): m for m in self.models.values()}.values():     # chat and roleplay may share one

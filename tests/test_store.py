@@ -31,9 +31,11 @@ async def test_request_key_dedupe_and_reply_lookup(store):
     m1 = await store.add_message(c, "user", "hi", request_key="k1")
     assert await store.add_message(c, "user", "hi", request_key="k1") == m1
     assert await store.find_reply(c, "k1") is None
+    await store.add_message(c, "assistant", "hel", request_key="k1", status="cancelled", durable=True)
+    assert await store.find_reply(c, "k1") is None          # a partial reply is not given again
     await store.add_message(c, "assistant", "hello", request_key="k1", durable=True)
     assert (await store.find_reply(c, "k1"))["content"] == "hello"
-    assert len(await store.recent_messages(c, 10)) == 2
+    assert len(await store.recent_messages(c, 10)) == 3
 
 
 async def test_users_prefs_links(store):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from engine.settings import Strict
 
@@ -38,3 +38,9 @@ class TelegramConfig(Strict):
     stop_grace_s: float = Field(10.0, ge=0)              # replies in flight get this long to finish at shutdown
     max_attempts: int = Field(3, ge=1)                   # an update that keeps failing is dropped after this many tries
     permissions: TelegramPermissions = TelegramPermissions()
+
+    @model_validator(mode="after")
+    def _webhook_needs_url(self) -> "TelegramConfig":
+        if self.mode == "webhook" and not self.webhook.url:
+            raise ValueError("mode: webhook needs webhook.url (the public https URL Telegram posts to)")
+        return self

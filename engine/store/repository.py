@@ -200,19 +200,22 @@ class Store:
 
     @_guard
     async def add_message(self, conv_id: str, role: str, content: str, *, request_key: str | None = None,
-                          meta: dict | None = None, durable: bool = False) -> str:
-        """Store one message; with a ``request_key`` the same request is stored once.
+                          status: str = "done", meta: dict | None = None, durable: bool = False) -> str:
+        """Store one message; with a ``request_key`` the same request is stored once per status.
 
-        ``durable`` writes are kept and retried if the database is down (a
-        finished reply must not be lost); others raise StoreUnavailable so the
-        user learns at once that their message was not taken.
+        ``status`` is "done" for a complete message, else why a reply ended early
+        ("cancelled", "error"); a partial reply does not stand in for a later
+        complete one. ``durable`` writes are kept and retried if the database is
+        down (a finished reply must not be lost); others raise StoreUnavailable
+        so the user learns at once that their message was not taken.
         """
         if request_key:
-            found = await self.db.messages.find_one({"conv_id": conv_id, "request_key": request_key, "role": role})
+            found = await self.db.messages.find_one({"conv_id": conv_id, "request_key": request_key, "role": role,
+                                                     "status": status})
             if found:
                 return found["_id"]
         doc = {"_id": new_id(), "conv_id": conv_id, "ts": time.time_ns(), "role": role, "content": content,
-               "request_key": request_key or "", "meta": meta or {}}
+               "request_key": request_key or "", "status": status, "meta": meta or {}}
         if durable:
             await self._insert_durable("messages", doc)
         else:
@@ -230,7 +233,9 @@ class Store:
 
     @_guard
     async def find_reply(self, conv_id: str, request_key: str) -> dict | None:
-        return await self.db.messages.find_one({"conv_id": conv_id, "request_key": request_key, "role": "assistant"})
+        """The complete reply already given to a request, if any (a partial one does not count)."""
+        return await self.db.messages.find_one({"conv_id": conv_id, "request_key": request_key, "role": "assistant",
+                                                "status": "done"})
 
     # platform message → conversation links (reply chains) ----------------------------------------
 

@@ -1,0 +1,1 @@
+"""Fine-tuning of the chat model: dataset import and validation, LoRA training, CLI (python -m engine.finetune)."""
