@@ -86,7 +86,8 @@ class Harness:
         """The engine's stored reply to one update (the conversation the update went to)."""
         for conv in await self.engine.store.conversations_of(f"telegram:{user_id}"):
             if conv["scope"] == f"telegram:chat:{chat_id}":
-                found = await self.engine.store.find_reply(conv["_id"], self.key(update_id))
+                found = await self.engine.store.db.messages.find_one(      # complete or partial
+                    {"conv_id": conv["_id"], "request_key": self.key(update_id), "role": "assistant"})
                 if found:
                     return found["content"]
         raise AssertionError("no stored reply")

@@ -7,6 +7,8 @@ from engine.settings import Strict
 
 
 class DiscordPermissions(Strict):
+    """Blocks win over allows; an empty allow list allows everyone; admins are never blocked."""
+
     admin_user_ids: tuple[int, ...] = ()
     admin_role_ids: tuple[int, ...] = ()
     allowed_user_ids: tuple[int, ...] = ()     # empty: everyone not blocked

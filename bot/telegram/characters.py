@@ -9,7 +9,7 @@ from telegram.constants import InlineKeyboardButtonLimit, MessageLimit
 from telegram.error import BadRequest
 
 from bot.telegram.context import Replier, Where
-from engine.cards import CardError, card_to_v3, load_card
+from engine.cards import CardError
 from engine.cards.image import placeholder
 from engine.cards.macros import apply_macros
 from engine.engine import Engine
@@ -117,10 +117,7 @@ class Characters:
         file = await document.get_file()
         data = bytes(await file.download_as_bytearray())
         try:
-            card = load_card(data, limits)
+            character = await self.engine.import_card(data, by=where.speaker.id)
         except CardError as e:
             return await out.say("import_bad", code=e.code, message=e.message)
-        await self.engine.store.save_character(card.display_name, card_to_v3(card), card.image, by=where.speaker.id)
-        if self.registry is not None:
-            self.registry.add_imported(card)
-        await out.say("import_ok", name=card.display_name)
+        await out.say("import_ok", name=character.name)

@@ -1,0 +1,249 @@
+"""One Discord turn: where it lives, who speaks, which character; the engine's reply streamed into Discord."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+import discord
+
+from bot.discord.config import DiscordConfig
+from bot.discord.personas import Persona, Personas
+from bot.discord.texts import TEXTS
+from bot.discord.transports import (ChannelPacer, CharacterEmbed, ChannelTransport, Counters, InteractionTransport,
+                                    Plain, WebhookTransport)
+from bot.i18n import describe, pick_lang, text
+from bot.streaming import EditSink, deliver
+from engine.errors import EngineError, StoreUnavailable
+from engine.types import Speaker, Turn
+
+log = logging.getLogger(__name__)
+
+# Engine errors a user gets privately (they concern only them), not as a public reply.
+PRIVATE_ERRORS = frozenset({"user_busy", "rate_limited", "input_too_long", "unknown_character"})
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a conversation lives: its scope name, and the scopes a character's ``channels`` may name."""
+
+    scope: str
+    scopes: tuple[str, ...]
+    channel_id: int
+    dm: bool
+
+
+def place_of(channel: Any, user: Any) -> Place:
+    if isinstance(channel, (discord.DMChannel, discord.GroupChannel)) or getattr(channel, "guild", None) is None:
+        scope = f"discord:dm:{user.id}"
+        return Place(scope, (scope,), channel.id, True)
+    guild = f"discord:guild:{channel.guild.id}"
+    if isinstance(channel, discord.Thread):
+        scope = f"discord:thread:{channel.id}"
+        return Place(scope, (scope, f"discord:channel:{channel.parent_id}", guild), channel.id, False)
+    scope = f"discord:channel:{channel.id}"
+    return Place(scope, (scope, guild), channel.id, False)
+
+
+def speaker_of(user: Any, lang: str | None = None) -> Speaker:
+    return Speaker(id=f"discord:{user.id}", name=getattr(user, "display_name", None) or user.name, lang=lang)
+
+
+def link_key(message_id: int) -> str:
+    return f"discord:msg:{message_id}"
+
+
+class _Sink(EditSink):
+    """EditSink that answers errors meant for the user alone privately when it can."""
+
+    def __init__(self, transport, private=None):
+        super().__init__(transport)
+        self.private = private          # async fn(message) -> bool: sent privately instead
+        self.error: Exception | None = None
+
+    async def fail(self, message: str) -> None:
+        code = getattr(self.error, "code", None)
+        if not self.handles and code in PRIVATE_ERRORS and self.private is not None and await self.private(message):
+            return
+        await super().fail(message)
+
+
+class Conversations:
+    """Runs turns for the command and message handlers (one instance per adapter)."""
+
+    def __init__(self, engine, cfg: DiscordConfig, default_lang: str, personas: Personas, counters: Counters):
+        self.engine = engine
+        self.cfg = cfg
+        self.default_lang = default_lang
+        self.personas = personas
+        self.counters = counters
+        self.pacer = ChannelPacer(cfg.channel_edits, cfg.channel_edit_window_s, counters)
+        self.replies_done = 0
+        self._langs: dict[int, str | None] = {}      # /lang choices seen, for answers that cannot wait on the store
+
+    # --- user settings -----------------------------------------------------------------------------
+
+    def cached_lang(self, user_id: int) -> str | None:
+        return self._langs.get(user_id)
+
+    def _remember_lang(self, user_id: int, lang: str | None) -> None:
+        if len(self._langs) > 10_000:
+            self._langs.clear()
+        self._langs[user_id] = lang
+
+    async def lang(self, user: Any, *locales: Any) -> str:
+        """The user's /lang choice, else their Discord locale, else the bot's default."""
+        try:
+            chosen = await self.engine.store.get_pref(f"discord:{user.id}", "lang")
+            self._remember_lang(user.id, chosen)
+        except StoreUnavailable:
+            chosen = self._langs.get(user.id)
+        return pick_lang(chosen, *(str(l) if l else None for l in locales), default=self.default_lang)
+
+    async def set_lang(self, user: Any, lang: str) -> None:
+        await self.engine.store.set_pref(f"discord:{user.id}", "lang", lang)
+        self._remember_lang(user.id, lang)
+
+    async def active_character(self, user: Any, place: Place) -> str | None:
+        try:
+            name = await self.engine.store.get_pref(f"discord:{user.id}", f"character|{place.scope}")
+        except StoreUnavailable:
+            return None
+        chars = self.engine.characters
+        if name and chars is not None and chars.get(name) is not None and chars.allowed(name, place.scopes):
+            return name
+        return None
+
+    def persona(self, name: str) -> Persona:
+        card = self.engine.characters.get(name) if self.engine.characters else None
+        return Persona(card.display_name if card else name, card.image if card else None)
+
+    # --- replies -------------------------------------------------------------------------------------
+
+    async def _look_and_hook(self, channel: Any, character: str | None, may_hook: bool):
+        """Plain text for the chat model; a webhook for a character, else an embed carrying it."""
+        if character is None:
+            return Plain(), None
+        persona = self.persona(character)
+        hook = await self.personas.webhook_for(channel) if may_hook else None
+        if hook is None:
+            return CharacterEmbed(persona.name, persona.image), None
+        return Plain(), hook
+
+    def _webhook_transport(self, place: Place, channel: Any, hook, persona: Persona, link) -> WebhookTransport:
+        thread = channel if isinstance(channel, discord.Thread) else None
+        return WebhookTransport(place.channel_id, self.pacer, self.counters, Plain(), link, webhook=hook,
+                                thread=thread, wear=lambda: self.personas.wear(hook, persona))
+
+    async def reply_to_interaction(self, interaction: discord.Interaction, message: str, *,
+                                   character: str | None, lang: str) -> str:
+        """The interaction is already deferred; stream the reply into its response (or a webhook)."""
+        place = place_of(interaction.channel, interaction.user)
+        turn = Turn(speaker=speaker_of(interaction.user, lang), scope=place.scope, text=message,
+                    mode="roleplay" if character else "chat", character=character,
+                    request_key=f"discord:interaction:{interaction.id}")
+        reply = self.engine.reply(turn)
+        link = self._linker(reply)
+        may_hook = bool(interaction.app_permissions.manage_webhooks) and not place.dm
+        look, hook = await self._look_and_hook(interaction.channel, character, may_hook)
+        # The token's 15 min count from the interaction's creation (its snowflake); a host clock that is
+        # off must not kill it early, so the age taken off is at most a minute.
+        age = min(max(time.time() - interaction.created_at.timestamp(), 0.0), 60.0)
+        deadline = time.monotonic() + self.cfg.interaction_token_ttl_s - age
+        if hook is not None:
+            transport = self._webhook_transport(place, interaction.channel, hook, self.persona(character), link)
+            # The command's own response quotes what the user said; the character answers below it.
+            quoted = "> " + "\n> ".join(message[:1900].splitlines() or [""])
+            await interaction.edit_original_response(content=quoted)
+        else:
+            transport = InteractionTransport(place.channel_id, self.pacer, self.counters, look, link,
+                                             interaction=interaction, deadline=deadline,
+                                             continued_note=text(TEXTS, "continued", lang))
+
+        async def private(msg: str) -> bool:
+            try:
+                await interaction.delete_original_response()
+                await interaction.followup.send(msg, ephemeral=True)
+                return True
+            except discord.HTTPException as e:
+                log.info("could not answer privately: %s", e)
+                return False
+
+        return await self._run(reply, _Sink(transport, private if hook is None else None), lang)
+
+    async def reply_to_message(self, message: discord.Message, content: str, *, lang: str,
+                               conversation_id: str | None = None, mode: str = "chat",
+                               character: str | None = None) -> str:
+        """A mention, DM or reply to the bot: typing while queued, then a reply to the message."""
+        channel = message.channel
+        place = place_of(channel, message.author)
+        turn = Turn(speaker=speaker_of(message.author, lang), scope=place.scope, text=content,
+                    mode="roleplay" if character else mode, character=character, conversation_id=conversation_id,
+                    request_key=f"discord:msg:{message.id}")
+        reply = self.engine.reply(turn)
+        link = self._linker(reply)
+        may_hook = not place.dm and self._can_manage_webhooks(channel)
+        look, hook = await self._look_and_hook(channel, character, may_hook)
+        if hook is not None:
+            transport = self._webhook_transport(place, channel, hook, self.persona(character), link)
+        else:
+            transport = ChannelTransport(place.channel_id, self.pacer, self.counters, look, link,
+                                         channel=channel, reply_to=message)
+        pieces = self._typing_until_first(reply, channel) if self.cfg.typing else reply
+        return await self._run(reply, _Sink(transport), lang, pieces)
+
+    @staticmethod
+    def _can_manage_webhooks(channel: Any) -> bool:
+        guild = getattr(channel, "guild", None)
+        if guild is None or guild.me is None:
+            return False
+        try:
+            return channel.permissions_for(guild.me).manage_webhooks
+        except Exception:  # noqa: BLE001 - partial cache: let the webhook call itself decide (403 → embed)
+            return True
+
+    def _linker(self, reply):
+        async def link(message_id: int) -> None:
+            if reply.conversation_id:
+                try:
+                    await self.engine.store.link(link_key(message_id), reply.conversation_id)
+                except StoreUnavailable as e:
+                    log.warning("reply chain link for message %s not stored: %s", message_id, e.detail)
+        return link
+
+    async def _run(self, reply, sink: _Sink, lang: str, pieces: AsyncIterator[str] | None = None) -> str:
+        def describe_error(e: Exception) -> str | None:
+            sink.error = e
+            if isinstance(e, EngineError):
+                return describe(e, lang)
+            return None
+
+        try:
+            return await deliver(reply if pieces is None else pieces, sink, interval=self.cfg.edit_interval_s,
+                                 describe_error=describe_error)
+        finally:
+            self.replies_done += 1
+
+    async def _typing_until_first(self, pieces: AsyncIterator[str], channel: Any) -> AsyncIterator[str]:
+        """Show "typing…" while the model is queued; stop at the first piece of text."""
+        typing = asyncio.create_task(self._keep_typing(channel))
+        try:
+            async for piece in pieces:
+                if not typing.done():
+                    typing.cancel()
+                yield piece
+        finally:
+            typing.cancel()
+
+    @staticmethod
+    async def _keep_typing(channel: Any) -> None:
+        # Discord shows typing for ~10 s per call.
+        for _ in range(200):
+            try:
+                await channel.typing()
+            except discord.HTTPException as e:
+                log.info("typing indicator failed: %s", e)
+                return
+            await asyncio.sleep(8)
