@@ -261,8 +261,11 @@ class Engine:
                 if out:
                     reply.text += out
                     yield out
-                if cleaner.stopped:
-                    break
+                if cleaner.stopped and not reply.cancel.is_set():
+                    # Let the model see it within one token and drain, so its slot is free when we return.
+                    reply.cancel.set()
+            if cleaner.stopped and reply.stats.finish is not None:
+                reply.stats.finish.reason = "stop"
             tail = cleaner.finish()
             if tail:
                 reply.text += tail
