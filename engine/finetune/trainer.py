@@ -89,7 +89,46 @@ def collate(rows: list[Encoded], pad_id: int, device):
     return ids.to(device), mask.to(device), labels.to(device)
 
 
-def evaluate(model, rows: list[Encoded], batch_size: int, pad_id: int, device) -> float | None:
+def token_loss(model, ids, mask, labels):
+    """Mean cross-entropy over the labelled tokens.
+
+    Logits are computed only where a label follows: the vocabulary projection
+    is a fifth of a small model's work and most tokens are prompt.
+    """
+    import torch
+
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE
+    targets = labels[:, 1:][keep[:, :-1]]
+    try:
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+    except TypeError:             # a model class without logits_to_keep
+        logits = None
+    if logits is None or logits.shape[:-1] != targets.shape:
+        return model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    return torch.nn.functional.cross_entropy(logits.float(), targets)
+
+
+def autocast(device, precision: str):
+    """bf16 autocast where the hardware does bf16 natively (about 1.5x on AVX512-BF16 CPUs); else a no-op."""
+    import contextlib
+
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if device.type == "cuda":
+        native = torch.cuda.is_bf16_supported()
+    else:
+        native = bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+                      or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    if precision == "auto" and not native:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def evaluate(model, rows: list[Encoded], batch_size: int, pad_id: int, device,
+             precision: str = "fp32") -> float | None:
     """Token-weighted mean loss on the assistant tokens of ``rows``."""
     import torch
 
@@ -101,7 +140,8 @@ def evaluate(model, rows: list[Encoded], batch_size: int, pad_id: int, device) -
         for i in range(0, len(rows), batch_size):
             ids, mask, labels = collate(rows[i:i + batch_size], pad_id, device)
             n = int((labels[:, 1:] != IGNORE).sum())
-            total += float(model(input_ids=ids, attention_mask=mask, labels=labels).loss) * n
+            with autocast(device, precision):
+                total += float(token_loss(model, ids, mask, labels)) * n
             count += n
     model.train()
     return total / count if count else None
@@ -115,6 +155,16 @@ def _lora_options(opts: TrainOptions) -> dict:
     return {"rank": opts.rank, "alpha": opts.alpha, "target_modules": list(opts.target_modules)}
 
 
+def save_adapter(model, folder: Path) -> None:
+    """adapter_config.json + adapter_model.safetensors, loadable by plain peft."""
+    import warnings
+
+    with warnings.catch_warnings():
+        # peft looks for the base model's config under base_model_name_or_path, a pkg:/GGUF reference here.
+        warnings.filterwarnings("ignore", message="Could not find a config file")
+        model.save_pretrained(str(folder))
+
+
 def save_checkpoint(model, optimizer, out: Path, step: int, opts: TrainOptions, losses: list[float]) -> Path:
     """Adapter weights, optimizer moments and step, written whole or not at all."""
     import torch
@@ -122,7 +172,7 @@ def save_checkpoint(model, optimizer, out: Path, step: int, opts: TrainOptions, 
     final = out / CHECKPOINTS / f"step-{step:06d}"
     tmp = final.with_name(final.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
+    save_adapter(model, tmp)
     torch.save({"optimizer": optimizer.state_dict(), "step": step, "torch_rng": torch.get_rng_state()},
                tmp / STATE_FILE)
     (tmp / "state.json").write_text(json.dumps(
@@ -217,6 +267,7 @@ def train(model, tokenizer, cfg: TransformersModel, opts: TrainOptions, dataset:
     if not train_rows:
         raise TrainingError(f"{dataset}: no usable rows to train on")
 
+    torch.manual_seed(opts.seed)          # the LoRA init, so one seed gives one adapter
     model = add_lora(model, cfg, opts)
     model.train()
     device = model.get_input_embeddings().weight.device
@@ -244,7 +295,8 @@ def train(model, tokenizer, cfg: TransformersModel, opts: TrainOptions, dataset:
             step_loss = 0.0
             for indices in micro_batches(len(train_rows), opts, step):
                 ids, mask, labels = collate([train_rows[i] for i in indices], pad_id, device)
-                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss / opts.grad_accum
+                with autocast(device, opts.precision):
+                    loss = token_loss(model, ids, mask, labels) / opts.grad_accum
                 loss.backward()
                 step_loss += loss.item()
                 tokens += int(mask.sum())
@@ -268,8 +320,8 @@ def train(model, tokenizer, cfg: TransformersModel, opts: TrainOptions, dataset:
     seconds = time.perf_counter() - started
 
     eval_on = "eval" if eval_rows else "train"
-    eval_loss = evaluate(model, eval_rows or train_rows, opts.batch_size, pad_id, device)
-    model.save_pretrained(str(out))
+    eval_loss = evaluate(model, eval_rows or train_rows, opts.batch_size, pad_id, device, opts.precision)
+    save_adapter(model, out)
     result = TrainResult(
         out=str(out), start_step=start_step, steps=step,
         train_loss=sum(losses[-5:]) / len(losses[-5:]) if losses else None,
