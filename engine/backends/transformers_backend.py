@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 
 from engine.backends.base import Emit, Finish, Sampling
-from engine.backends.hf_loading import load_causal_lm, model_source
+from engine.backends.hf_loading import adapter_info, load_causal_lm, model_source
 from engine.settings import TransformersModel
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ class TransformersGenerator:
         self.n_ctx = cfg.n_ctx
         self.source = model_source(cfg, base_dir)
         self.device = next(self.model.parameters()).device
+        self.adapter = adapter_info(cfg, base_dir)
 
     def render(self, messages: list[dict[str, str]]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -99,7 +100,9 @@ class TransformersGenerator:
 
     def info(self) -> dict:
         return {"backend": "transformers", "model": self.cfg.model, "device": str(self.device),
-                "quantization": self.cfg.quantization, "n_ctx": self.n_ctx}
+                "quantization": self.cfg.quantization, "n_ctx": self.n_ctx,
+                "adapter": self.adapter["name"] if self.adapter else None,
+                "adapter_path": self.adapter["path"] if self.adapter else None}
 
     def close(self) -> None:
         del self.model
