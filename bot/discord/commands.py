@@ -214,14 +214,21 @@ class Commands:
                               description=_clip("\n".join(f"• {n}" for n in names), 4096))
         await self.say(interaction, "", embed=embed)
 
-    async def character_info(self, interaction: discord.Interaction, name: str) -> None:
+    async def _chosen_character(self, interaction: discord.Interaction, name: str) -> tuple[str, str] | None:
+        """(character name, language) for /character info|use, or None once the user has been told why not."""
         if not await self.admit(interaction):
-            return
+            return None
         lang = self.quick_lang(interaction)
         found, why = self.character_name(name, interaction, lang)
         if why:
             await self.say(interaction, why)
+            return None
+        return found, lang
+
+    async def character_info(self, interaction: discord.Interaction, name: str) -> None:
+        if (chosen := await self._chosen_character(interaction, name)) is None:
             return
+        found, lang = chosen
         card = self.engine.characters.get(found)
         embed = discord.Embed(title=card.display_name, description=_clip(card.description or "—", 4096))
         if card.first_mes:
@@ -234,13 +241,9 @@ class Commands:
         await self.say(interaction, "", **kw)
 
     async def character_use(self, interaction: discord.Interaction, name: str) -> None:
-        if not await self.admit(interaction):
+        if (chosen := await self._chosen_character(interaction, name)) is None:
             return
-        lang = self.quick_lang(interaction)
-        found, why = self.character_name(name, interaction, lang)
-        if why:
-            await self.say(interaction, why)
-            return
+        found, lang = chosen
         await interaction.response.defer(ephemeral=True, thinking=True)
         place = place_of(interaction.channel, interaction.user)
         await self.engine.store.set_pref(speaker_of(interaction.user).id, f"character|{place.scope}", found)
