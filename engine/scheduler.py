@@ -28,6 +28,8 @@ class ModelQueue:
     """One model's gate: at most ``concurrency`` generations, at most ``queue_limit`` waiting."""
 
     def __init__(self, name: str, backend: TextGenerator, concurrency: int, queue_limit: int, timeout_s: float):
+        # A batching backend takes as many generations at once as its batch holds.
+        concurrency = max(concurrency, getattr(backend, "max_concurrent", 1))
         self.name = name
         self.backend = backend
         self.queue_limit = queue_limit

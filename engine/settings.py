@@ -83,7 +83,16 @@ class ModelCommon(Strict):
         return v.lower() if v else v
 
 
-class TransformersModel(ModelCommon):
+class LocalModel(ModelCommon):
+    """What a model run in this process (transformers, llama.cpp) adds: continuous batching and the prompt cache."""
+
+    max_batch: int = Field(8, ge=1, le=256)            # sequences decoded together; 1: one reply at a time
+    kv_budget_tokens: int | None = Field(None, ge=256)  # KV cells for all sequences and cached prefixes; None: n_ctx × max_batch
+    prompt_cache: bool = True                          # reuse the keys/values of a prompt's longest cached prefix
+    prefill_chunk: int = Field(256, ge=16, le=65536)   # prompt tokens prefilled per step, interleaved with decoding
+
+
+class TransformersModel(LocalModel):
     backend: Literal["transformers"]
     model: str = Field(min_length=1)      # HF id (cached locally), local dir, or a .gguf file
     device: str = "cpu"                   # cpu | cuda | cuda:N | auto
@@ -103,12 +112,14 @@ class TransformersModel(ModelCommon):
         raise ValueError("must be cpu, cuda, cuda:N or auto")
 
 
-class LlamaCppModel(ModelCommon):
+class LlamaCppModel(LocalModel):
     backend: Literal["llamacpp"]
     model_path: str = Field(min_length=1)
     chat_format: str | None = None        # None: the GGUF's own chat template
     n_gpu_layers: int = Field(0, ge=-1)
     main_gpu: int = Field(0, ge=0)
+    split_mode: Literal["none", "layer", "row"] = "layer"   # none: the whole model on main_gpu
+    tensor_split: tuple[float, ...] | None = None           # share of the model per GPU, e.g. [0, 1]: all on GPU 1
     n_batch: int = Field(512, ge=1)
     n_threads: int | None = Field(None, ge=1)
     offload_kqv: bool = True

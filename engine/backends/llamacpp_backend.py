@@ -5,7 +5,7 @@ import logging
 import threading
 from pathlib import Path
 
-from engine.backends.base import Emit, Finish, Sampling
+from engine.backends.base import BatchStats, Emit, Finish, Sampling
 from engine.settings import LlamaCppModel
 
 log = logging.getLogger(__name__)
@@ -19,6 +19,7 @@ class LlamaCppGenerator:
         self.cfg = cfg
         self.path = path
         self.n_ctx = cfg.n_ctx
+        self.max_concurrent = 1                   # one Llama object decodes one sequence at a time
         self.llm = Llama(
             model_path=str(path),
             n_ctx=cfg.n_ctx,
@@ -76,6 +77,9 @@ class LlamaCppGenerator:
         finally:
             stream.close()
         return finish
+
+    def batch_stats(self) -> BatchStats:
+        return BatchStats()
 
     def info(self) -> dict:
         return {"backend": "llamacpp", "model": str(self.path), "n_ctx": self.n_ctx,

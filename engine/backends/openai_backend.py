@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from engine.backends.base import Emit, Finish, Sampling
+from engine.backends.base import BatchStats, Emit, Finish, Sampling
 from engine.settings import OpenAIModel, resolve_model_path
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,7 @@ class OpenAIGenerator:
     def __init__(self, cfg: OpenAIModel, base_dir: Path, api_key: str | None = None):
         self.cfg = cfg
         self.n_ctx = cfg.n_ctx
+        self.max_concurrent = cfg.concurrency     # parallel requests to the server
         self.url = chat_url(cfg.base_url)
         self.headers = {"Accept": "text/event-stream"}
         if api_key:
@@ -323,6 +324,9 @@ class OpenAIGenerator:
                               f"after {finish.tokens} chunks", retryable=finish.tokens == 0)
 
     # life cycle ---------------------------------------------------------------------------------
+
+    def batch_stats(self) -> BatchStats:
+        return BatchStats()
 
     def info(self) -> dict:
         return {"backend": "openai", "model": self.cfg.model, "base_url": self.cfg.base_url, "n_ctx": self.n_ctx,

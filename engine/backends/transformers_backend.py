@@ -5,7 +5,7 @@ import logging
 import threading
 from pathlib import Path
 
-from engine.backends.base import Emit, Finish, Sampling
+from engine.backends.base import BatchStats, Emit, Finish, Sampling
 from engine.backends.hf_loading import adapter_info, load_causal_lm, model_source
 from engine.settings import TransformersModel
 
@@ -38,6 +38,7 @@ class TransformersGenerator:
         self.torch = torch
         self.model, self.tokenizer = load_causal_lm(cfg, base_dir, cache_dir)
         self.n_ctx = cfg.n_ctx
+        self.max_concurrent = 1
         self.source = model_source(cfg, base_dir)
         self.device = next(self.model.parameters()).device
         self.adapter = adapter_info(cfg, base_dir)
@@ -97,6 +98,9 @@ class TransformersGenerator:
         new = out.shape[1] - prompt_len
         reason = "cancelled" if cancel.is_set() else ("length" if new >= sampling.max_new_tokens else "stop")
         return Finish(tokens=new, prompt_tokens=prompt_len, reason=reason)
+
+    def batch_stats(self) -> BatchStats:
+        return BatchStats()
 
     def info(self) -> dict:
         return {"backend": "transformers", "model": self.cfg.model, "device": str(self.device),
