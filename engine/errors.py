@@ -10,7 +10,6 @@ class EngineError(Exception):
     """
 
     code = "internal"
-    http_status = 500
 
     def __init__(self, detail: str = "", **info):
         super().__init__(detail or self.code)
@@ -21,52 +20,42 @@ class EngineError(Exception):
 class UserBusy(EngineError):
     """The user already has a reply in flight and the policy is to refuse."""
     code = "user_busy"
-    http_status = 429
 
 
 class EngineBusy(EngineError):
     """The model's queue is full."""
     code = "busy"
-    http_status = 503
 
 
 class GenerationTimeout(EngineError):
     code = "timeout"
-    http_status = 504
 
 
 class GenerationCancelled(EngineError):
     code = "cancelled"
-    http_status = 499
 
 
 class ModelError(EngineError):
     code = "model_error"
-    http_status = 500
 
 
 class StoreUnavailable(EngineError):
     code = "db_unavailable"
-    http_status = 503
 
 
 class UnknownCharacter(EngineError):
     code = "unknown_character"
-    http_status = 404
 
 
 class InputTooLong(EngineError):
     code = "input_too_long"
-    http_status = 422
 
 
 class EmptyReply(EngineError):
     """The model produced no text (e.g. it stopped at once)."""
     code = "empty_reply"
-    http_status = 502
 
 
 class RateLimitedUser(EngineError):
     """The user sent more requests per minute than allowed."""
     code = "rate_limited"
-    http_status = 429

@@ -77,7 +77,7 @@ async def test_second_concurrent_request_of_one_user_is_refused(engine, speaker_
     await anext(it)
     with pytest.raises(UserBusy):
         await drain(engine.reply(turn(speaker_id, "Hello again")))
-    await engine.stop(speaker_id)
+    await engine.stop_replies_of(speaker_id)
     with pytest.raises(GenerationCancelled):
         async for _ in it:
             pass
@@ -96,7 +96,7 @@ async def test_stop_frees_the_model_within_a_token_step(engine, speaker_id):
     it = aiter(reply)
     await anext(it)
     t0 = time.perf_counter()
-    assert await engine.stop(speaker_id) == 1
+    assert await engine.stop_replies_of(speaker_id) == 1
     with pytest.raises(GenerationCancelled):
         async for _ in it:
             pass
@@ -119,7 +119,7 @@ async def test_abandoned_stream_frees_the_model(engine, speaker_id):
     t0 = time.perf_counter()
     while model.queue.running and time.perf_counter() - t0 < 5:
         await asyncio.sleep(0.01)
-    assert model.queue.running == 0 and reply.cancel.is_set()
+    assert model.queue.running == 0 and reply.halt.is_set()
 
 
 async def test_queue_limit_answers_busy(mongo_uri, speaker_id):

@@ -215,7 +215,7 @@ async def test_dead_database_gives_503_and_the_server_keeps_running(engine):
 
     dead = Store(f"mongodb://127.0.0.1:{free_port()}/", "x", server_selection_timeout_ms=300)
     offline = Engine(models=engine.models, store=dead, limits=engine.limits, cards_cfg=engine.cards_cfg,
-                     characters=engine.characters)
+                     characters=engine.registry)
     server = await _server_on(offline, make_config())
     url = f"http://127.0.0.1:{server.port}"
     try:
