@@ -11,51 +11,52 @@ class EngineError(Exception):
 
     code = "internal"
 
+    def __init_subclass__(cls, code: str = "", **kwargs):
+        super().__init_subclass__(**kwargs)
+        if code:
+            cls.code = code
+
     def __init__(self, detail: str = "", **info):
         super().__init__(detail or self.code)
         self.detail = detail or self.code
         self.info = info
 
 
-class UserBusy(EngineError):
+class UserBusy(EngineError, code="user_busy"):
     """The user already has a reply in flight and the policy is to refuse."""
-    code = "user_busy"
 
 
-class EngineBusy(EngineError):
+class EngineBusy(EngineError, code="busy"):
     """The model's queue is full."""
-    code = "busy"
 
 
-class GenerationTimeout(EngineError):
-    code = "timeout"
+class GenerationTimeout(EngineError, code="timeout"):
+    """The model did not finish within its ``timeout_s``."""
 
 
-class GenerationCancelled(EngineError):
-    code = "cancelled"
+class GenerationCancelled(EngineError, code="cancelled"):
+    """The reply was stopped (a user's /stop, or shutdown); partial text may have come first."""
 
 
-class ModelError(EngineError):
-    code = "model_error"
+class ModelError(EngineError, code="model_error"):
+    """The backend failed while generating."""
 
 
-class StoreUnavailable(EngineError):
-    code = "db_unavailable"
+class StoreUnavailable(EngineError, code="db_unavailable"):
+    """The database cannot be reached (a durable write is kept for retry instead)."""
 
 
-class UnknownCharacter(EngineError):
-    code = "unknown_character"
+class UnknownCharacter(EngineError, code="unknown_character"):
+    """No registered character has that name."""
 
 
-class InputTooLong(EngineError):
-    code = "input_too_long"
+class InputTooLong(EngineError, code="input_too_long"):
+    """The user's message is longer than ``limits.max_input_chars``; ``info['limit']`` says how long."""
 
 
-class EmptyReply(EngineError):
+class EmptyReply(EngineError, code="empty_reply"):
     """The model produced no text (e.g. it stopped at once)."""
-    code = "empty_reply"
 
 
-class RateLimitedUser(EngineError):
+class RateLimitedUser(EngineError, code="rate_limited"):
     """The user sent more requests per minute than allowed."""
-    code = "rate_limited"

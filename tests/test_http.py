@@ -8,6 +8,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from bot.i18n import section
 from conftest import API_KEY
 
 KEY = {"X-API-Key": API_KEY}
@@ -130,7 +131,10 @@ async def test_second_concurrent_request_of_a_session_gets_429(http_api, engine)
         async with s.post(http_api + "/Llama_stream", json=body) as first:
             await first.content.readany()
             second = await s.post(http_api + "/Llama_stream", json={"input_data": "hi", "session": "busy-1"})
-            assert second.status == 429 and (await second.json())["status"] == 429
+            refused = await second.json()
+            assert second.status == 429 and refused["status"] == 429
+            # The user-facing message in the caller's language, never the log detail ("… in flight").
+            assert refused["message"] in section("errors")["user_busy"].values()
             other = await s.post(http_api + "/Llama_stream", json={"input_data": "hi", "session": "busy-2"})
             assert other.status == 200
             assert (await other.text()).strip()
