@@ -210,7 +210,8 @@ async def test_a_queued_reply_waits_for_the_users_slot_and_wakes_when_cancelled(
 async def test_the_api_keeps_preferences_links_and_a_surface_journal(engine, speaker_id):
     await engine.set_active_character(speaker_id, "test:scope", "Aria")
     await engine.set_language(speaker_id, "en")
-    assert (await engine.active_character(speaker_id, "test:scope"), await engine.language(speaker_id)) == ("Aria", "en")
+    assert await engine.active_character(speaker_id, "test:scope") == "Aria"
+    assert await engine.language(speaker_id) == "en"
     await engine.set_active_character(speaker_id, "test:scope", None)
     assert await engine.active_character(speaker_id, "test:scope") is None
     conv = await engine.active_conversation(speaker_id, "test:scope", "chat")
@@ -223,7 +224,9 @@ async def test_the_api_keeps_preferences_links_and_a_surface_journal(engine, spe
     await other.add("1", {"n": 9})
     await mine.progress("2", {"sent": [7]})
     await mine.done("1", {"outcome": "answered"})
-    assert [(d["_id"], d["payload"], d.get("progress")) for d in await mine.pending()] == [("2", {"n": 2}, {"sent": [7]})]
+    pending = [(d["_id"], d["payload"], d.get("progress")) for d in await mine.pending()]
+    assert pending == [("2", {"n": 2}, {"sent": [7]})]
     assert (await mine.get("1"))["state"] == "done" and (await other.get("1"))["payload"] == {"n": 9}
     limits = engine.model_limits("chat")
-    assert limits.n_ctx == engine.models["chat"].backend.n_ctx and limits.stop == tuple(engine.models["chat"].cfg.stop)
+    chat = engine.models["chat"]
+    assert limits.n_ctx == chat.backend.n_ctx and limits.stop == tuple(chat.cfg.stop)

@@ -74,7 +74,8 @@ class _Sink(EditSink):
 class Conversations:
     """Runs turns for the command and message handlers (one instance per adapter)."""
 
-    def __init__(self, engine: EngineAPI, cfg: DiscordConfig, default_lang: str, personas: Personas, counters: Counters):
+    def __init__(self, engine: EngineAPI, cfg: DiscordConfig, default_lang: str, personas: Personas,
+                 counters: Counters):
         self.engine = engine
         self.cfg = cfg
         self.default_lang = default_lang

@@ -34,7 +34,8 @@ class Seen:
 
 
 class Messages:
-    def __init__(self, client: discord.Client, engine: EngineAPI, conversations: Conversations, access: Access, allow_dms: bool):
+    def __init__(self, client: discord.Client, engine: EngineAPI, conversations: Conversations, access: Access,
+                 allow_dms: bool):
         self.client = client
         self.engine = engine
         self.conv = conversations

@@ -40,6 +40,12 @@ def parse_command(message: Message, username: str) -> tuple[str, str] | None:
 
 
 class Handlers:
+    """What the bot does with one journaled update: commands, conversation turns, the character picker.
+
+    Holds only the EngineAPI; the update's journal entry records what was already sent, so a resumed
+    update continues rather than repeats.
+    """
+
     def __init__(self, engine: EngineAPI, cfg: TelegramConfig, default_lang: str, bot: Bot, pacer: Pacer):
         self.engine, self.cfg, self.default_lang = engine, cfg, default_lang
         self.bot, self.pacer = bot, pacer
