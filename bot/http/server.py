@@ -1,6 +1,7 @@
 """Assemble the sidecar's aiohttp application and run it on the configured address."""
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import web
@@ -9,12 +10,47 @@ from bot.http import admin, characters, health, legacy, openai_api
 from bot.http import web as web_page
 from bot.http.auth import make_auth_middleware
 from bot.http.context import CTX, HttpContext
-from bot.http.errors import error_middleware
+from bot.http.errors import error_middleware, json_error
 
 log = logging.getLogger(__name__)
 
 # Route modules added by later features register here; each has setup(app) and may name open paths.
 ROUTE_MODULES = [health, legacy, admin, characters, openai_api, web_page]
+# A connection must finish its request headers within this (aiohttp closes a connection idle this long,
+# also one that never completes its first request line and headers) ...
+HEADER_TIMEOUT_S = 15.0
+# ... and its body within this, however slowly it trickles in.
+BODY_TIMEOUT_S = 30.0
+
+
+def body_deadline(timeout_s: float):
+    """Answer 408 to a request whose body has not fully arrived ``timeout_s`` after its headers."""
+
+    @web.middleware
+    async def deadline(request: web.Request, handler):
+        if not request.body_exists or request.content.is_eof():
+            return await handler(request)
+        task = asyncio.current_task()
+        expired = False
+
+        def check() -> None:
+            nonlocal expired
+            if not request.content.is_eof():
+                expired = True
+                task.cancel()
+
+        timer = asyncio.get_running_loop().call_later(timeout_s, check)
+        try:
+            return await handler(request)
+        except asyncio.CancelledError:
+            if not expired:
+                raise
+            task.uncancel()
+            return json_error(408, f"the request body did not arrive within {timeout_s:g}s")
+        finally:
+            timer.cancel()
+
+    return deadline
 
 
 def build_app(ctx: HttpContext) -> web.Application:
@@ -30,7 +66,8 @@ def build_app(ctx: HttpContext) -> web.Application:
 
     app = web.Application(
         client_max_size=http.max_body_bytes,
-        middlewares=[count, error_middleware, make_auth_middleware(ctx.secrets.api_key, http.allow_ips, open_paths)],
+        middlewares=[count, body_deadline(BODY_TIMEOUT_S), error_middleware,
+                     make_auth_middleware(ctx.secrets.api_key, http.allow_ips, open_paths)],
     )
     app[CTX] = ctx
     for module in ROUTE_MODULES:
@@ -39,11 +76,13 @@ def build_app(ctx: HttpContext) -> web.Application:
 
 
 class HttpServer:
-    def __init__(self, ctx: HttpContext, host: str, port: int):
+    def __init__(self, ctx: HttpContext, host: str, port: int, shutdown_timeout_s: float = 10.0):
+        """``shutdown_timeout_s``: how long requests in progress may run on at stop before they are cancelled."""
         self.app = build_app(ctx)
         self.host, self.port = host, port
         # A client that disconnects cancels its handler, which cancels its generation.
-        self.runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
+        self.runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None,
+                                    shutdown_timeout=shutdown_timeout_s, keepalive_timeout=HEADER_TIMEOUT_S)
 
     async def start(self) -> None:
         await self.runner.setup()
