@@ -127,6 +127,7 @@ class App:
         if self.http:
             stopping.append(self.http.stop())
         await asyncio.gather(*stopping)
+        log.info("front ends stopped after %.1fs", STOP_GRACE_S - (deadline - time.monotonic()))
         if self.engine:
             await self.engine.close(grace_s=max(0.0, deadline - time.monotonic()))
             log.info("stopped")

@@ -24,6 +24,8 @@ class HttpConfig(Strict):
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     max_input_chars: int = Field(500, ge=1)  # /Llama_stream and /Lumimaid_stream, as the older server
     max_history: int = Field(20, ge=1)       # /chatweb turns kept
+    header_timeout_s: float = Field(15.0, gt=0, le=3600)   # to send the request line and headers; also keep-alive idle
+    body_timeout_s: float = Field(30.0, gt=0, le=3600)     # to send the whole body once the headers are in
     human_tag: str = "### 사용자"
     ai_tag: str = "### AI"
     stop_strings: tuple[str, ...] = ("### 사용자", "### AI", "###")

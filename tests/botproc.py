@@ -28,7 +28,7 @@ def fast_config(folder: Path, override: dict | None = None) -> Path:
     """bot.yaml as shipped (embedded store and all) but with llama.cpp for the chat model too, so a start
     takes seconds, not the minute the dequantizing transformers load takes on 2 cores."""
     cfg = yaml.safe_load((ROOT / "bot.yaml").read_text(encoding="utf-8"))
-    cfg["models"]["chat"] = {**cfg["models"]["roleplay"], "max_new_tokens": {"policy": "fixed", "fixed": 200}}
+    cfg["models"]["chat"] = {**cfg["models"]["roleplay"], "max_new_tokens": {"policy": "fixed", "fixed": 60}}
     cfg["cards"]["directory"] = str(ROOT / "cards")
     cfg["limits"]["requests_per_minute"] = 0
     path = folder / "bot.yaml"
@@ -84,6 +84,20 @@ def gone(pid: int, timeout: float = 15.0) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+async def start_orphan(mongo: Path, port: int) -> subprocess.Popen:
+    """What a killed bot of an older version left behind: a bare nx-27017 on the data dir, in its own session."""
+    orphan = subprocess.Popen(
+        [str(Path(sys.executable).with_name("nx-27017")), "--host", "127.0.0.1", "-p", str(port),
+         "--data-dir", str(mongo / "db"), "--pid-file", str(mongo / "nx-27017.pid"),
+         "--log-file", str(mongo / "orphan.log")],
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        if (mongo / "nx-27017.pid").exists():
+            break
+        await asyncio.sleep(0.1)
+    return orphan
 
 
 def stop_bot(proc: subprocess.Popen, timeout: float = 60) -> int:

@@ -3,17 +3,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
+from botproc import gone, start_orphan
 from conftest import ROOT
 from engine.store.embedded import EmbeddedMongo, EmbeddedServerError, running_server_uri
 from engine.store.repository import Store
@@ -33,18 +32,6 @@ asyncio.run(main())
 """
 
 
-def _gone(pid: int, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def _parent(folder: Path, **popen) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen([sys.executable, "-c", PARENT, str(folder)], cwd=ROOT, stdout=subprocess.PIPE,
                             text=True, **popen)
@@ -60,7 +47,7 @@ def test_the_child_dies_with_a_sigkilled_parent(tmp_path, new_session):
     assert running_server_uri(tmp_path) is not None
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
-    assert _gone(child), "the database child outlived its killed parent"
+    assert gone(child), "the database child outlived its killed parent"
     assert running_server_uri(tmp_path) is None
 
 
@@ -68,16 +55,8 @@ async def test_a_leftover_server_is_stopped_and_replaced(tmp_path):
     folder = tmp_path / "mongo"
     (folder / "db").mkdir(parents=True)
     port = EmbeddedMongo(folder).port
-    # What a killed older bot left: a bare nx-27017 in its own session with its pid file.
-    exe = str(Path(sys.executable).with_name("nx-27017"))
-    orphan = subprocess.Popen([exe, "--host", "127.0.0.1", "-p", str(port), "--data-dir", str(folder / "db"),
-                               "--pid-file", str(folder / "nx-27017.pid"), "--log-file", str(folder / "mongo.log")],
-                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    orphan = await start_orphan(folder, port)
     try:
-        for _ in range(100):
-            if (folder / "nx-27017.pid").exists():
-                break
-            await asyncio.sleep(0.1)
         server = EmbeddedMongo(folder)
         await server.start()
         try:
@@ -128,7 +107,7 @@ async def test_a_killed_child_is_restarted_on_its_port_and_kept_writes_drain(tmp
     finally:
         await store.close()
         await server.stop()
-    assert _gone(first) and _gone(server.proc.pid)
+    assert gone(first) and gone(server.proc.pid)
 
 
 async def test_kept_writes_survive_a_shutdown_and_are_replayed_once(tmp_path):

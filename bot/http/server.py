@@ -16,11 +16,8 @@ log = logging.getLogger(__name__)
 
 # Route modules added by later features register here; each has setup(app) and may name open paths.
 ROUTE_MODULES = [health, legacy, admin, characters, openai_api, web_page]
-# A connection must finish its request headers within this (aiohttp closes a connection idle this long,
-# also one that never completes its first request line and headers) ...
-HEADER_TIMEOUT_S = 15.0
-# ... and its body within this, however slowly it trickles in.
-BODY_TIMEOUT_S = 30.0
+# The tasks of requests in progress, so that a stop can cancel them when its grace is over.
+IN_FLIGHT = web.AppKey("in_flight", set)
 
 
 def body_deadline(timeout_s: float):
@@ -57,19 +54,27 @@ def build_app(ctx: HttpContext) -> web.Application:
     http = ctx.config.http
     open_paths = tuple(p for m in ROUTE_MODULES for p in getattr(m, "OPEN_PATHS", ()))
 
+    in_flight: set[asyncio.Task] = set()
+
     @web.middleware
     async def count(request: web.Request, handler):
-        response = await handler(request)
+        task = asyncio.current_task()
+        in_flight.add(task)
+        try:
+            response = await handler(request)
+        finally:
+            in_flight.discard(task)
         route = request.match_info.route.resource
         ctx.metrics.requests.labels(route.canonical if route else "unmatched", str(response.status)).inc()
         return response
 
     app = web.Application(
         client_max_size=http.max_body_bytes,
-        middlewares=[count, body_deadline(BODY_TIMEOUT_S), error_middleware,
+        middlewares=[count, body_deadline(http.body_timeout_s), error_middleware,
                      make_auth_middleware(ctx.secrets.api_key, http.allow_ips, open_paths)],
     )
     app[CTX] = ctx
+    app[IN_FLIGHT] = in_flight
     for module in ROUTE_MODULES:
         module.setup(app)
     return app
@@ -80,9 +85,14 @@ class HttpServer:
         """``shutdown_timeout_s``: how long requests in progress may run on at stop before they are cancelled."""
         self.app = build_app(ctx)
         self.host, self.port = host, port
+        self.shutdown_timeout_s = shutdown_timeout_s
         # A client that disconnects cancels its handler, which cancels its generation.
+        # aiohttp closes a connection idle for keepalive_timeout, including one that never completes its
+        # request line and headers: that is the header read timeout. Its own shutdown wait is only a
+        # backstop: it waits once more after cancelling and its cancel does not reach a streaming handler.
         self.runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None,
-                                    shutdown_timeout=shutdown_timeout_s, keepalive_timeout=HEADER_TIMEOUT_S)
+                                    shutdown_timeout=shutdown_timeout_s + 5,
+                                    keepalive_timeout=ctx.config.http.header_timeout_s)
 
     async def start(self) -> None:
         await self.runner.setup()
@@ -91,5 +101,17 @@ class HttpServer:
         self.port = self.runner.addresses[0][1]
         log.info("HTTP API on http://%s:%d", self.host, self.port)
 
+    def _cancel_in_flight(self) -> None:
+        tasks = [t for t in self.app[IN_FLIGHT] if not t.done()]
+        if tasks:
+            log.info("cancelling %d HTTP request(s) still running after %gs", len(tasks), self.shutdown_timeout_s)
+        for task in tasks:
+            task.cancel()
+
     async def stop(self) -> None:
-        await self.runner.cleanup()
+        """Stop listening; requests in progress get ``shutdown_timeout_s``, then are cancelled (their replies stop)."""
+        timer = asyncio.get_running_loop().call_later(self.shutdown_timeout_s, self._cancel_in_flight)
+        try:
+            await self.runner.cleanup()
+        finally:
+            timer.cancel()
