@@ -139,12 +139,12 @@ async def test_half_sent_requests_are_cut_off(bot):
                   "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"input").encode()
 
     def send(raw: bytes) -> tuple[float, bytes]:
+        """Seconds until the server answers or closes, and what it answered."""
         with socket.create_connection(("127.0.0.1", bot.port), timeout=20) as s:
             s.sendall(raw)
-            t0, data = time.monotonic(), b""
-            while chunk := s.recv(4096):
-                data += chunk
-            return time.monotonic() - t0, data
+            t0 = time.monotonic()
+            first = s.recv(4096)
+            return time.monotonic() - t0, first
 
     took, data = await asyncio.to_thread(send, headers_only)
     assert took < 8 and data == b""
