@@ -1,6 +1,8 @@
 """Start-up as a user meets it: each failure is one line naming the cause; the generated API key; the log file."""
 from __future__ import annotations
 
+import logging
+import logging.handlers
 import re
 import socket
 import stat
@@ -10,6 +12,9 @@ import sys
 import aiohttp
 import pytest
 
+from bot.api_key import ensure_api_key
+from bot.config import LoggingConfig
+from bot.logs import setup_logging
 from botproc import ROOT, bot_env, bot_log, fast_config, start_bot, stop_bot, wait_health
 from conftest import free_port
 
@@ -123,3 +128,30 @@ async def test_first_start_generates_a_private_key_later_starts_reuse_it(tmp_pat
     assert len(warnings) == 2 and "no-such-cards does not exist" in warnings[0]   # one per start
     logged = (data / "logs" / "bot.log").read_text()
     assert logged.count(" INFO bot.app: ready") == 2
+
+
+def test_the_api_key_is_private_and_kept(tmp_path):
+    key, created = ensure_api_key(tmp_path)
+    assert created and len(key) >= 32
+    assert stat.S_IMODE((tmp_path / "api_key").stat().st_mode) == 0o600
+    assert ensure_api_key(tmp_path) == (key, False)
+
+
+def test_log_level_option_overrides_the_file_setting(tmp_path):
+    root = logging.getLogger()
+    saved = root.level, list(root.handlers)
+    try:
+        path = setup_logging(LoggingConfig(level="WARNING", file="logs/bot.log", max_bytes=4096, backups=1),
+                             tmp_path, "DEBUG")
+        assert path == tmp_path / "logs" / "bot.log" and root.level == logging.DEBUG
+        logging.getLogger("bot.test").debug("a debug line")
+        for h in root.handlers:
+            h.flush()
+        assert "a debug line" in path.read_text()
+        assert any(isinstance(h, logging.handlers.RotatingFileHandler) and h.maxBytes == 4096 for h in root.handlers)
+    finally:
+        for h in root.handlers:
+            if h not in saved[1]:
+                h.close()
+        root.handlers[:] = saved[1]
+        root.setLevel(saved[0])
