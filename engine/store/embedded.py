@@ -239,8 +239,11 @@ class EmbeddedMongo:
     def _record(self) -> None:
         info = {"pid": self.proc.pid, "port": self.port, "uri": self.uri, "bot_pid": os.getpid()}
         tmp = self.data_dir / (SERVER_FILE + ".tmp")
-        tmp.write_text(json.dumps(info), encoding="utf-8")
-        os.replace(tmp, self.data_dir / SERVER_FILE)
+        try:
+            tmp.write_text(json.dumps(info), encoding="utf-8")
+            os.replace(tmp, self.data_dir / SERVER_FILE)
+        except OSError as e:      # only other tools read it: the server itself is fine
+            log.warning("cannot write %s: %s", self.data_dir / SERVER_FILE, e)
 
     # supervision ----------------------------------------------------------------------------------
 
