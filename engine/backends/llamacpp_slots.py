@@ -37,7 +37,8 @@ class _Request:
     last: int | None = None                          # sampled token to decode next step
     sampler: object = None
     decoder: codecs.IncrementalDecoder = field(
-        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="ignore"))   # as llama-cpp-python: a cut-off character is dropped
+        # as llama-cpp-python does, bytes that never complete a character are dropped
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="ignore"))
 
 
 @dataclass(eq=False)
@@ -156,6 +157,8 @@ class LlamaCppSlots(LlamaText):
                 self._step()
         except Exception as e:  # noqa: BLE001 - a dead loop must fail every waiting call, not hang it
             log.exception("llama.cpp decode loop failed")
+            with self._wake:
+                self._closed = True
             self._fail_all(RuntimeError(f"decode loop failed: {e}"))
             return
         self._fail_all(RuntimeError("the model is closed"))
@@ -188,10 +191,19 @@ class LlamaCppSlots(LlamaText):
             chunk -= len(take)
             if chunk <= 0:
                 break
-        self._decode(decode + prefill, len(decode))
+        try:
+            self._decode(decode + prefill, len(decode))
+        except RuntimeError as e:     # this batch's replies fail; the loop serves the next ones
+            log.error("llama.cpp: %s", e)
+            for s in self._running():
+                self._end(s, "error", error=e)
 
     def _admit(self) -> None:
         with self._wake:
+            for req in [r for r in self._pending if r.cancel.is_set()]:
+                self._pending.remove(req)
+                req.finish.reason = "cancelled"
+                req.done.set()
             while self._pending and len(self._running()) < self.cfg.max_batch:
                 req = self._pending.popleft()
                 if req.cancel.is_set():
@@ -264,12 +276,14 @@ class LlamaCppSlots(LlamaText):
                 raise RuntimeError(f"llama_decode returned {rc} for {len(entries)} tokens")
             if self._make_room():
                 continue
-            if len(entries) > n_decode:
+            if n_decode and len(entries) > n_decode:
                 entries = entries[:n_decode]       # no idle prefix left: prompts wait, replies go on
-            elif entries:
+            elif n_decode:                         # the longest reply yields its cells
                 self._end(max(self._running(), key=lambda s: len(s.tokens)), "length")
                 return
-            if not entries:
+            else:                                  # prompts only, and they do not fit together: the newest fails
+                newest = max({s for s, _, _ in entries}, key=lambda s: s.used_at)
+                self._end(newest, "error", RuntimeError(f"the KV budget of {self.kv_capacity} cells is full"))
                 return
         for s, n in collections.Counter(s for s, _, logits in entries[n_decode:]).items():
             del s.req.todo[:n]
@@ -296,21 +310,22 @@ class LlamaCppSlots(LlamaText):
         try:
             req.emit(text)
             return True
-        except RuntimeError:      # the caller's event loop is gone: nobody reads this reply any more
+        except Exception:  # noqa: BLE001 - e.g. the caller's event loop is gone: nobody reads this reply any more
             req.cancel.set()
             return False
 
-    def _end(self, s: _Slot, reason: str) -> None:
+    def _end(self, s: _Slot, reason: str, error: Exception | None = None) -> None:
         req = s.req
         tail = req.decoder.decode(b"", final=True)
-        if tail and reason != "cancelled":
+        if tail and reason in ("stop", "length"):
             self._emit(req, tail)
         req.finish.reason = reason
+        req.error = error
         self.C.llama_sampler_free(req.sampler)
         req.sampler = None
         s.req = None
         s.used_at = time.monotonic()
-        if not self.cfg.prompt_cache:
+        if error is not None or not self.cfg.prompt_cache:
             self._evict(s)
         req.done.set()
 
