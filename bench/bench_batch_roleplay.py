@@ -126,7 +126,11 @@ async def _p4(engine, gen, rows: list) -> None:
         await asyncio.sleep(0.3)          # all eight are past their prefill and decoding
         under.append(gen.batch_stats().running)
         loaded.append((await _turn(engine, f"p4-new-{r}", newcomer(f"busy{r}"), quick)).stats.ttft_s)
-        await asyncio.gather(*background)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        while gen.batch_stats().running and time.perf_counter() - t0 < 60:
+            await asyncio.sleep(0.01)
     i, b = statistics.median(idle), statistics.median(loaded)
     rows.append({"name": "P4 TTFT while 8 generate ÷ idle TTFT", "value": round(b / i, 3), "unit": "ratio",
                  "goal": "<= 2", "note": f"{b * 1000:.0f} vs {i * 1000:.0f} ms, ~300-token prompt; max_batch "
@@ -143,9 +147,11 @@ async def _main() -> list[dict]:
 
     cfg = load(ROOT / "bot.yaml", environ={"BOT_API_KEY": "bench"}).config
     rp_cfg = cfg.models.roleplay
+    load_before = os.getloadavg()[0]
+    if load_before > (os.cpu_count() or 1):   # busy cores: llama.cpp's spin-waiting threads would measure the noise
+        rp_cfg = rp_cfg.model_copy(update={"n_threads": 1})
     path = resolve_model_path(rp_cfg.model_path, ROOT)
     rows: list[dict] = []
-    load_before = os.getloadavg()[0]
 
     raw = load_llama(rp_cfg, path)
     gen = LlamaCppSlots(rp_cfg, path)
@@ -166,7 +172,8 @@ async def _main() -> list[dict]:
     finally:
         wide.close()
     for row in rows:
-        row["note"] += f"; load avg {load_before:.1f} → {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+        row["note"] += (f"; load avg {load_before:.1f} → {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs, "
+                        f"n_threads {rp_cfg.n_threads}")
     return rows
 
 

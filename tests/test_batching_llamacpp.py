@@ -134,7 +134,7 @@ def test_eight_mixed_lengths_all_finish_and_free_their_slots():
     g = slots(prompt_cache=False)
     try:
         lengths = [1, 3, 8, 16, 24, 40, 5, 12]
-        texts = [prompt(g, f"Tell me about {t}. " + "Please be detailed. " * (i * 15)) for i, t in enumerate(TOPICS)]
+        texts = [prompt(g, f"Tell me about {t}. " + "Please be detailed. " * (i * 8)) for i, t in enumerate(TOPICS)]
         runs: list[Run] = []
         with ThreadPoolExecutor(8) as pool:
             futures = [pool.submit(run_one, g, t, Sampling(n, 0.8, 0.95, 40, 1.1, seed=i))
@@ -154,7 +154,7 @@ def test_a_full_kv_budget_evicts_and_shortens_instead_of_failing():
     g = slots(kv_budget_tokens=1024, max_batch=4)
     try:
         texts = [prompt(g, f"Tell me about {t}. " + "Go on and on. " * 60) for t in TOPICS[:4]]
-        sampling = Sampling(96, 0.0, 1.0, 0, 1.1)
+        sampling = Sampling(48, 0.0, 1.0, 0, 1.1)
         runs = run_together(g, texts, sampling)
         assert all(r.finish.reason in ("stop", "length") and r.finish.tokens > 0 for r in runs)
         assert sum(r.finish.prompt_tokens + r.finish.tokens for r in runs) > g.kv_capacity   # it had to make room

@@ -72,7 +72,7 @@ class LlamaCppSlots(LlamaText):
         import llama_cpp
 
         super().__init__(cfg, path, load_llama(cfg, path, n_ctx=HELPER_CTX))
-        self.C = llama_cpp
+        self.lib = llama_cpp         # the low-level C API; only the loop thread calls into the context
         self.max_concurrent = cfg.max_batch
         budget = cfg.kv_budget_tokens or cfg.n_ctx * cfg.max_batch
         n_slots = cfg.max_batch * (1 + CACHE_SLOTS_PER_BATCH) if cfg.prompt_cache else cfg.max_batch
@@ -88,7 +88,7 @@ class LlamaCppSlots(LlamaText):
         params.no_perf = True
         threads = cfg.n_threads or self.llm.n_threads
         params.n_threads = threads
-        params.n_threads_batch = threads
+        params.n_threads_batch = cfg.n_threads or self.llm.n_threads_batch
         self._ctx = llama_cpp.llama_init_from_model(self.llm._model.model, params)
         if not self._ctx:
             raise RuntimeError(f"llama.cpp could not create a context of {budget} cells × {n_slots} sequences")
@@ -143,7 +143,7 @@ class LlamaCppSlots(LlamaText):
             self._closed = True
             self._wake.notify()
         self._thread.join()
-        C = self.C
+        C = self.lib
         C.llama_batch_free(self._batch)
         C.llama_free(self._ctx)
         self._ctx = None
@@ -191,6 +191,7 @@ class LlamaCppSlots(LlamaText):
             chunk -= len(take)
             if chunk <= 0:
                 break
+        self._reserve(len(decode) + len(prefill))
         try:
             self._decode(decode + prefill, len(decode))
         except RuntimeError as e:     # this batch's replies fail; the loop serves the next ones
@@ -214,7 +215,7 @@ class LlamaCppSlots(LlamaText):
 
     def _assign(self, req: _Request) -> None:
         """Give ``req`` a sequence that already holds as much of its prompt as any slot does."""
-        C = self.C
+        C = self.lib
         idle = [s for s in self._slots if s.req is None]
         donor, keep = None, 0
         if self.cfg.prompt_cache:
@@ -243,12 +244,23 @@ class LlamaCppSlots(LlamaText):
         target.used_at = time.monotonic()
 
     def _evict(self, slot: _Slot) -> None:
-        self.C.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
+        self.lib.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
         slot.tokens = []
         slot.borrowed = 0
 
+    def _reserve(self, want: int) -> None:
+        """Evict idle prefixes, least recently used first, until ``want`` cells are free by this side's count."""
+        free = self.kv_capacity - sum(len(s.tokens) - s.borrowed for s in self._slots)
+        while free < want:
+            idle = [s for s in self._slots if s.req is None and s.tokens]
+            if not idle:
+                return
+            lru = min(idle, key=lambda s: s.used_at)
+            free += len(lru.tokens) - lru.borrowed
+            self._evict(lru)
+
     def _make_room(self) -> bool:
-        """Free the least recently used idle prefix; False when none is left."""
+        """Free the least recently used idle prefix (cells shared or fragmented beyond the count); False if none."""
         idle = [s for s in self._slots if s.req is None and s.tokens]
         if not idle:
             return False
@@ -257,7 +269,7 @@ class LlamaCppSlots(LlamaText):
 
     def _decode(self, entries: list[tuple[_Slot, int, bool]], n_decode: int) -> None:
         """One ``llama_decode`` of ``entries`` (decode tokens first); on a full cache evict, then shed prefill."""
-        C, b = self.C, self._batch
+        C, b = self.lib, self._batch
         while True:
             for i, (s, tok, logits) in enumerate(entries):
                 b.token[i] = tok
@@ -292,7 +304,7 @@ class LlamaCppSlots(LlamaText):
                 self._sample(s, i)
 
     def _sample(self, s: _Slot, index: int) -> None:
-        C, req = self.C, s.req
+        C, req = self.lib, s.req
         tok = C.llama_sampler_sample(req.sampler, self._ctx, index)
         if C.llama_vocab_is_eog(self._vocab, tok):
             self._end(s, "stop")
@@ -321,7 +333,7 @@ class LlamaCppSlots(LlamaText):
             self._emit(req, tail)
         req.finish.reason = reason
         req.error = error
-        self.C.llama_sampler_free(req.sampler)
+        self.lib.llama_sampler_free(req.sampler)
         req.sampler = None
         s.req = None
         s.used_at = time.monotonic()
@@ -330,7 +342,7 @@ class LlamaCppSlots(LlamaText):
         req.done.set()
 
     def _sampler(self, s: Sampling):
-        C = self.C
+        C = self.lib
         params = C.llama_sampler_chain_default_params()
         params.no_perf = True
         chain = C.llama_sampler_chain_init(params)
@@ -352,7 +364,7 @@ class LlamaCppSlots(LlamaText):
             self._pending.clear()
         for s in self._running():
             waiting.append(s.req)
-            self.C.llama_sampler_free(s.req.sampler)
+            self.lib.llama_sampler_free(s.req.sampler)
             s.req = None
         for req in waiting:
             req.error = error
