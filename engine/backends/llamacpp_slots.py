@@ -206,12 +206,7 @@ class LlamaCppSlots(LlamaText):
                 req.finish.reason = "cancelled"
                 req.done.set()
             while self._pending and len(self._running()) < self.cfg.max_batch:
-                req = self._pending.popleft()
-                if req.cancel.is_set():
-                    req.finish.reason = "cancelled"
-                    req.done.set()
-                    continue
-                self._assign(req)
+                self._assign(self._pending.popleft())
 
     def _assign(self, req: _Request) -> None:
         """Give ``req`` a sequence that already holds as much of its prompt as any slot does."""
