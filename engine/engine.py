@@ -117,9 +117,10 @@ class Engine:
     # construction ----------------------------------------------------------------------------
 
     @staticmethod
-    def make_model(role: str, cfg, backend: TextGenerator) -> Model:
+    def make_model(role: str, cfg, backend: TextGenerator, base_dir: Path | None = None) -> Model:
         queue = ModelQueue(role, backend, cfg.concurrency, cfg.queue_limit, cfg.timeout_s)
-        return Model(role, cfg, backend, queue, make_classifier(cfg.max_new_tokens))
+        classifier = make_classifier(cfg.max_new_tokens, base_dir, f"models.{role}.max_new_tokens")
+        return Model(role, cfg, backend, queue, classifier)
 
     # conversations -----------------------------------------------------------------------------
 
@@ -350,7 +351,7 @@ async def build_engine(*, models_cfg, mongo_cfg, limits, cards_cfg, character_en
             t0 = time.perf_counter()
             backend = await asyncio.to_thread(load_backend, role, cfg, base_dir, cache_dir, env)
             log.info("%s model loaded in %.1fs: %s", role, time.perf_counter() - t0, backend.info())
-            models[role] = Engine.make_model(role, cfg, backend)
+            models[role] = Engine.make_model(role, cfg, backend, base_dir)
         characters = CharacterRegistry(cards_cfg, character_entries, base_dir, config_file=config_file)
         for doc in await _stored_cards(store):
             try:
