@@ -123,7 +123,8 @@ class TransformersModel(LocalModel):
     backend: Literal["transformers"]
     model: str = Field(min_length=1)      # HF id (cached locally), local dir, or a .gguf file
     device: str = "cpu"                   # cpu | cuda | cuda:N | auto
-    quantization: Literal["none", "nf4", "fp4"] = "none"
+    # nf4/fp4: bitsandbytes 4-bit at load; gptq: a GPTQ checkpoint folder (needs requirements-gptq.txt)
+    quantization: Literal["none", "nf4", "fp4", "gptq"] = "none"
     double_quant: bool = True
     compute_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     torch_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
