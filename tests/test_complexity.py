@@ -97,19 +97,9 @@ def test_a_cuda_classifier_device_absent_here_is_refused(nli_model):
 
 @pytest.mark.timeout(300)
 def test_bot_start_up_stops_with_one_line_for_a_wrong_classifier_model(tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    from conftest import ROOT, free_port
+    from conftest import ROOT, start_up_refusal
 
     text = (ROOT / "bot.yaml").read_text(encoding="utf-8").replace(
         "      classifier: heuristic", f"      classifier: zero-shot\n      classifier_model: {tmp_path / 'none'}", 1)
-    (tmp_path / "bot.yaml").write_text(text, encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if k not in ("DISCORD_TOKEN", "TELEGRAM_TOKEN", "MONGO_URI")}
-    run = subprocess.run([sys.executable, "-m", "bot", "--config", str(tmp_path / "bot.yaml"), "--data-dir",
-                          str(tmp_path / "data"), "--http-port", str(free_port())],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert run.returncode == 3, run.stderr[-2000:]
-    last = run.stderr.strip().splitlines()[-1]
+    last = start_up_refusal(tmp_path, text)
     assert last.startswith("model error: models.chat.max_new_tokens.classifier_model: ") and "none" in last

