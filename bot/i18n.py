@@ -28,6 +28,8 @@ ERRORS: dict[str, dict[str, str]] = {
                     "en": "The model returned an empty reply. Please try again."},
     "rate_limited": {"ko": "요청이 너무 잦아요. {seconds}초 후에 다시 시도해 주세요.",
                      "en": "Too many requests. Please try again in {seconds} seconds."},
+    "beam_unavailable": {"ko": "이 모델은 빔 서치(num_beams)를 지원하지 않아요 (transformers 모델만 가능해요).",
+                         "en": "This model cannot do beam search (num_beams); only transformers models can."},
     "bad_card": {"ko": "캐릭터 카드로 읽을 수 없는 파일이에요: {message}",
                  "en": "That file is not a usable character card: {message}"},
     "internal": {"ko": "알 수 없는 오류가 발생했어요.", "en": "Something went wrong."},

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from engine.backends.base import Sampling, TextGenerator
+from engine.backends.beam import Beams, BeamSearch
 from engine.cards import CharacterRegistry, build_roleplay_parts, card_to_dict, card_to_png, load_card
 from engine.cards.macros import apply_macros
 from engine.cleaning import StreamCleaner
 from engine.complexity import Classifier, make_classifier, max_new_tokens
-from engine.errors import (EmptyReply, EngineError, GenerationCancelled, InputTooLong, RateLimitedUser,
-                           UnknownCharacter, UserBusy)
+from engine.errors import (BeamSearchUnavailable, EmptyReply, EngineError, GenerationCancelled, InputTooLong,
+                           RateLimitedUser, UnknownCharacter, UserBusy)
 from engine.observe import EngineMetrics, NoMetrics
 from engine.prompts import PromptParts, fit
 from engine.scheduler import ModelQueue, Stats
@@ -195,6 +196,17 @@ class Engine:
             seed=cfg.seed,
         )
 
+    @staticmethod
+    def _beam_search(model: Model, turn: Turn) -> BeamSearch | None:
+        """Beam search when the turn allows it and the width is over 1; None: sample as usual."""
+        p, cfg = turn.params, model.cfg
+        width = p.num_beams if p.num_beams is not None else (getattr(cfg, "num_beams", 1) if p.whole_reply else 1)
+        if width <= 1:
+            return None
+        if not BeamSearch.supported(model.backend):
+            raise BeamSearchUnavailable(f"{model.role}: {type(model.backend).__name__} has no beam search")
+        return BeamSearch(model.backend, Beams(width, getattr(cfg, "early_stopping", False)))
+
     def _parts(self, model: Model, turn: Turn, card, history: list[dict]) -> PromptParts:
         if card is None:
             return PromptParts(system=turn.system or model.cfg.system_prompt, user=turn.text, history=history)
@@ -229,6 +241,7 @@ class Engine:
             raise InputTooLong(limit=self.limits.max_input_chars)
         card = self._card_for(turn)
         model = self._model_for(turn)
+        beams = self._beam_search(model, turn)
         reply.model = model.role
         await self.gate.enter(reply)
         self._replies.add(reply)
@@ -256,7 +269,8 @@ class Engine:
             cleaner = StreamCleaner(model.cfg.clean, sampling.stop, card.name if card else "")
             reply.status = "queued"
             self.metrics.queue_depth(model.role, model.queue.depth + 1)
-            async for raw in model.queue.stream(prompt, sampling, reply.cancel, reply.stats):
+            async for raw in model.queue.stream(prompt, sampling, reply.cancel, reply.stats,
+                                                beams.generate if beams else None):
                 reply.status = "running"
                 out = cleaner.feed(raw)
                 if out:

@@ -66,6 +66,12 @@ class EmptyReply(EngineError):
     http_status = 502
 
 
+class BeamSearchUnavailable(EngineError):
+    """Beam search was asked of a model whose backend cannot run it (only transformers can)."""
+    code = "beam_unavailable"
+    http_status = 422
+
+
 class RateLimitedUser(EngineError):
     """The user sent more requests per minute than allowed."""
     code = "rate_limited"

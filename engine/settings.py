@@ -131,6 +131,9 @@ class TransformersModel(LocalModel):
     threads: int | None = Field(None, ge=1)
     adapter: str | list[str] | None = None
     active_adapter: str | None = None
+    # Beam search on the routes that return the whole reply (/inferweb, /chatweb, non-stream /v1); 1: off.
+    num_beams: int = Field(1, ge=1, le=16)
+    early_stopping: bool = False          # stop once num_beams candidates have ended
 
     @field_validator("device")
     @classmethod

@@ -19,13 +19,23 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-class LlamaBody(_Body):
+class _Streamed(_Body):
+    # Accepted only to refuse it clearly: beam search returns the whole reply at once.
+    num_beams: int | None = None
+
+    def refuse_beams(self) -> None:
+        if self.num_beams is not None and self.num_beams > 1:
+            raise ApiError(422, "num_beams: beam search cannot stream; use /inferweb or /chatweb (or /v1 with "
+                                "stream: false), which use the model's num_beams from bot.yaml")
+
+
+class LlamaBody(_Streamed):
     input_data: StrictStr = Field(min_length=1)
     google_access: StrictBool = False        # accepted for compatibility; this bot does no web search
     session: Session | None = None           # remember the conversation under this id
 
 
-class LumimaidBody(_Body):
+class LumimaidBody(_Streamed):
     input_data: StrictStr = Field(min_length=1)
     character_name: StrictStr = Field(min_length=1, max_length=100)
     greeting: StrictStr = ""
@@ -71,6 +81,7 @@ def _speaker(request: web.Request, session: str | None, lang: str) -> Speaker:
 async def llama_stream(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     body = await parse_body(request, LlamaBody)
+    body.refuse_beams()
     _check_len(ctx, body.input_data)
     lang = request_lang(request, ctx.config.language.default)
     turn = Turn(speaker=_speaker(request, body.session, lang), scope="http:llama", text=body.input_data,
@@ -81,6 +92,7 @@ async def llama_stream(request: web.Request) -> web.StreamResponse:
 async def lumimaid_stream(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     body = await parse_body(request, LumimaidBody)
+    body.refuse_beams()
     _check_len(ctx, body.input_data)
     lang = request_lang(request, ctx.config.language.default)
     registered = ctx.engine.characters.get(body.character_name) if ctx.engine.characters else None
@@ -108,7 +120,8 @@ async def inferweb(request: web.Request) -> web.Response:
     _check_len(ctx, body.input, "input")
     lang = request_lang(request, ctx.config.language.default)
     turn = Turn(speaker=_speaker(request, None, lang), scope="http:inferweb", text=body.input, mode="chat",
-                remember=False, system=body.instruction.command or None, params=GenParams(stop=_stop(ctx)))
+                remember=False, system=body.instruction.command or None,
+                params=GenParams(stop=_stop(ctx), whole_reply=True))
     result = await collect(ctx.engine.reply(turn))
     http = ctx.config.http
     return web.json_response({"result": result, "history": {
@@ -128,7 +141,7 @@ async def chatweb(request: web.Request) -> web.Response:
     lang = request_lang(request, ctx.config.language.default)
     turn = Turn(speaker=_speaker(request, None, lang), scope="http:chatweb", text=body.input, mode="chat",
                 remember=False, history=past, system=body.instruction.command or None,
-                params=GenParams(stop=_stop(ctx)))
+                params=GenParams(stop=_stop(ctx), whole_reply=True))
     result = await collect(ctx.engine.reply(turn))
     items = [i.model_dump() for i in body.history.history] + [_item(http.human_tag, body.input),
                                                               _item(http.ai_tag, result)]
