@@ -1,4 +1,4 @@
-"""Command line: python -m bot [--config bot.yaml] [--data-dir ./data] [--http-host H] [--http-port P]."""
+"""Command line: python -m bot [--config F] [--data-dir D] [--http-host H] [--http-port P]; python -m bot chat …"""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +12,8 @@ from bot.config import ConfigError, load
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bot", description="LLM chat and character roleplay bot "
-                                "for Discord and Telegram, with an HTTP API.")
+                                "for Discord and Telegram, with an HTTP API. 'python -m bot chat --help': "
+                                "chat in this terminal.")
     p.add_argument("--config", default="bot.yaml", help="path of the config file (default: bot.yaml)")
     p.add_argument("--data-dir", default="./data", help="where the embedded database keeps its files (default: ./data)")
     p.add_argument("--http-host", default=None, help="HTTP API address (default: http.host in bot.yaml, 127.0.0.1)")
@@ -22,6 +23,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["chat"]:          # the terminal chat; no subcommand keeps starting the bot
+        from bot.terminal import main as chat_main
+
+        return chat_main(argv[1:])
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "pymongo", "discord.gateway", "aiohttp.access"):

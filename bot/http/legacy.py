@@ -13,6 +13,8 @@ from engine.cards import Card
 from engine.types import GenParams, Speaker, Turn
 
 Session = Annotated[StrictStr, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
+# Where a ``session``'s conversation lives, per route kind (GET /conversations/{session}?kind=...).
+SESSION_SCOPES = {"llama": "http:llama", "lumimaid": "http:lumimaid"}
 
 
 class _Body(BaseModel):
@@ -74,8 +76,13 @@ def _check_len(ctx, text: str, field: str = "input_data") -> None:
         raise ApiError(422, f"{field}: at most {limit} characters (got {len(text)})")
 
 
+def session_speaker(session: str | None, lang: str, remote: str | None = None) -> Speaker:
+    """The owner of an HTTP ``session``'s conversations (also used by the terminal chat's --session)."""
+    return Speaker(id=f"http:{session}" if session else f"http:{remote}", name="User", lang=lang)
+
+
 def _speaker(request: web.Request, session: str | None, lang: str) -> Speaker:
-    return Speaker(id=f"http:{session}" if session else f"http:{request.remote}", name="User", lang=lang)
+    return session_speaker(session, lang, request.remote)
 
 
 async def llama_stream(request: web.Request) -> web.StreamResponse:
@@ -84,7 +91,7 @@ async def llama_stream(request: web.Request) -> web.StreamResponse:
     body.refuse_beams()
     _check_len(ctx, body.input_data)
     lang = request_lang(request, ctx.config.language.default)
-    turn = Turn(speaker=_speaker(request, body.session, lang), scope="http:llama", text=body.input_data,
+    turn = Turn(speaker=_speaker(request, body.session, lang), scope=SESSION_SCOPES["llama"], text=body.input_data,
                 mode="chat", remember=body.session is not None)
     return await stream_text(request, ctx.engine.reply(turn), lang)
 
@@ -101,7 +108,8 @@ async def lumimaid_stream(request: web.Request) -> web.StreamResponse:
     else:   # the older server's way: the character described in the request itself
         turn_card = Card(name=body.character_name, description=body.context, first_mes=body.greeting)
         character = None
-    turn = Turn(speaker=_speaker(request, body.session, lang), scope="http:lumimaid", text=body.input_data,
+    turn = Turn(speaker=_speaker(request, body.session, lang), scope=SESSION_SCOPES["lumimaid"],
+                text=body.input_data,
                 mode="roleplay", character=character, card=turn_card, remember=body.session is not None)
     return await stream_text(request, ctx.engine.reply(turn), lang)
 

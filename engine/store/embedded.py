@@ -56,6 +56,7 @@ class EmbeddedMongo:
                 writer.close()
                 await writer.wait_closed()
                 log.info("embedded MongoDB (nx-27017) on 127.0.0.1:%d, data in %s", self.port, self.data_dir)
+                _record_server(self.data_dir, self.proc.pid, self.port, self.uri)
                 return
             except OSError:
                 await asyncio.sleep(0.1)
@@ -63,6 +64,7 @@ class EmbeddedMongo:
         raise RuntimeError(f"the embedded MongoDB server did not start within {self.start_timeout_s}s (see {log_path})")
 
     async def stop(self) -> None:
+        (self.data_dir / SERVER_FILE).unlink(missing_ok=True)
         if self.proc is None or self.proc.returncode is not None:
             return
         try:
@@ -74,3 +76,30 @@ class EmbeddedMongo:
         except asyncio.TimeoutError:
             os.killpg(self.proc.pid, signal.SIGKILL)
             await self.proc.wait()
+
+
+# Other local tools (the terminal chat) find a running bot's server here instead of starting a second one.
+SERVER_FILE = "server.json"
+
+
+def _record_server(data_dir: Path, pid: int, port: int, uri: str) -> None:
+    import json
+
+    tmp = data_dir / (SERVER_FILE + ".tmp")
+    tmp.write_text(json.dumps({"pid": pid, "port": port, "uri": uri}), encoding="utf-8")
+    os.replace(tmp, data_dir / SERVER_FILE)
+
+
+def running_server_uri(data_dir: Path) -> str | None:
+    """The URI of the embedded server a live bot runs on ``data_dir`` (its --data-dir or the mongo/ folder)."""
+    import json
+
+    for folder in (Path(data_dir), Path(data_dir) / "mongo"):
+        try:
+            info = json.loads((folder / SERVER_FILE).read_text(encoding="utf-8"))
+            os.kill(int(info["pid"]), 0)         # signal 0: only asks whether the process exists
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(info.get("uri"), str):
+            return info["uri"]
+    return None
