@@ -109,17 +109,16 @@ async def test_terminal_session_is_the_http_session_on_the_running_bots_database
         chat = subprocess.Popen([sys.executable, "-m", "bot", "chat", "--session", "T", "--data-dir", str(data)],
                                 cwd=ROOT, env=ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
-        chat.stdin.write("hello\n/exit\n".encode())
-        chat.stdin.close()
+        talk = asyncio.create_task(asyncio.to_thread(chat.communicate, b"hello\n/exit\n", 600))
         second_server = False
-        while chat.poll() is None and time.monotonic() - started < 600:
+        while not talk.done() and time.monotonic() - started < 660:
             try:
                 children = psutil.Process(chat.pid).children(recursive=True)
                 second_server |= any("nx" in " ".join(c.cmdline()) for c in children)
             except psutil.Error:
                 pass
             await asyncio.sleep(0.2)
-        out, err = chat.communicate(timeout=60)
+        out, err = await talk
         assert chat.returncode == 0, err.decode()[-2000:]
         assert not second_server                      # it used the running bot's database server
         text = out.decode()
