@@ -1,4 +1,4 @@
-"""Command line: python -m bot [--config bot.yaml] [--data-dir ./data] [--http-host H] [--http-port P]."""
+"""Command line: python -m bot [--config F] [--data-dir D] [--http-host H] [--http-port P]; python -m bot chat …"""
 from __future__ import annotations
 
 import argparse
@@ -31,7 +31,7 @@ def _port(text: str) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = _Parser(prog="python -m bot", description="LLM chat and character roleplay bot "
-                "for Discord and Telegram, with an HTTP API.")
+                "for Discord and Telegram, with an HTTP API. 'python -m bot chat --help': chat in this terminal.")
     p.add_argument("--config", default="bot.yaml", help="path of the config file (default: bot.yaml)")
     p.add_argument("--data-dir", default="./data",
                    help="where the embedded database, the API key and the log file live (default: ./data)")
@@ -49,6 +49,11 @@ def _fail(kind: str, e: BaseException, code: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["chat"]:          # the terminal chat; no subcommand keeps starting the bot
+        from bot.terminal import main as chat_main
+
+        return chat_main(argv[1:])
     args = parse_args(argv)
     try:
         loaded = load(args.config)

@@ -41,6 +41,17 @@ PLATFORMS = [
 ]
 
 
+async def start_engine(loaded: Loaded, data_dir: Path, *, mongo_uri: str | None, metrics=None) -> EngineAPI:
+    """The engine as bot.yaml describes it (the bot and the terminal chat build it alike)."""
+    cfg = loaded.config
+    return await build_engine(
+        models_cfg=cfg.models, mongo_cfg=cfg.mongo, limits=cfg.limits, cards_cfg=cfg.cards,
+        character_entries=cfg.characters, mongo_uri=mongo_uri, data_dir=data_dir,
+        base_dir=loaded.base_dir, cache_dir=loaded.base_dir / "ai_model", metrics=metrics,
+        config_file=loaded.path, env=loaded.secrets.env,
+    )
+
+
 class App:
     """The running bot: the engine, its HTTP sidecar and the platform adapters configured on; stopped in reverse."""
 
@@ -70,12 +81,7 @@ class App:
             log.warning("cards.directory %s does not exist: starting with no card files from it", missing)
         if secrets.api_key is None:
             secrets = dataclasses.replace(secrets, api_key=self._generated_api_key())
-        self.engine = await build_engine(
-            models_cfg=cfg.models, mongo_cfg=cfg.mongo, limits=cfg.limits, cards_cfg=cfg.cards,
-            character_entries=cfg.characters, mongo_uri=secrets.mongo_uri, data_dir=self.data_dir,
-            base_dir=self.loaded.base_dir, cache_dir=self.loaded.base_dir / "ai_model", metrics=self.metrics,
-            config_file=self.loaded.path, env=secrets.env,
-        )
+        self.engine = await start_engine(self.loaded, self.data_dir, mongo_uri=secrets.mongo_uri, metrics=self.metrics)
         if cfg.cards.reload:
             self.tasks.append(asyncio.create_task(self.engine.watch_characters(self._reload_characters)))
         self.metrics.describe_models(self.engine.model_info())

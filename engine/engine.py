@@ -13,12 +13,13 @@ from typing import Any, AsyncIterator
 
 from engine.api import ModelLimits
 from engine.backends.base import Sampling, TextGenerator
+from engine.backends.beam import Beams, BeamSearch
 from engine.cards import CharacterRegistry, build_roleplay_parts, card_to_dict, card_to_png, load_card
 from engine.cards.macros import apply_macros
 from engine.cleaning import StreamCleaner
 from engine.complexity import Classifier, make_classifier, max_new_tokens
-from engine.errors import (EmptyReply, EngineError, GenerationCancelled, InputTooLong, RateLimitedUser,
-                           UnknownCharacter, UserBusy)
+from engine.errors import (BeamSearchUnavailable, EmptyReply, EngineError, GenerationCancelled, InputTooLong,
+                           RateLimitedUser, UnknownCharacter, UserBusy)
 from engine.observe import EngineMetrics, NoMetrics
 from engine.prompts import PromptParts, fit
 from engine.scheduler import ModelQueue, Stats
@@ -173,9 +174,10 @@ class Engine:
     # construction ----------------------------------------------------------------------------
 
     @staticmethod
-    def make_model(role: str, cfg, backend: TextGenerator) -> Model:
+    def make_model(role: str, cfg, backend: TextGenerator, base_dir: Path | None = None) -> Model:
         queue = ModelQueue(role, backend, cfg.concurrency, cfg.queue_limit, cfg.timeout_s)
-        return Model(role, cfg, backend, queue, make_classifier(cfg.max_new_tokens))
+        classifier = make_classifier(cfg.max_new_tokens, base_dir, f"models.{role}.max_new_tokens")
+        return Model(role, cfg, backend, queue, classifier)
 
     # replies ------------------------------------------------------------------------------------
 
@@ -346,6 +348,7 @@ class Engine:
             raise InputTooLong(limit=self.limits.max_input_chars)
         card = self._card_for(turn)
         model = self._model_for(turn)
+        self._beam_search(model, turn)            # refuse an impossible beam setting before anything is stored
         reply.model = model.role
         await self.gate.enter(reply)
         self._replies.add(reply)
@@ -392,7 +395,9 @@ class Engine:
     async def _generate(self, reply: Reply, model: Model, prompt: str, sampling: Sampling) -> AsyncIterator[str]:
         reply.status = "queued"
         self.metrics.queue_depth(model.role, model.queue.depth + 1)
-        async for raw in model.queue.stream(prompt, sampling, reply.halt, reply.stats):
+        beams = self._beam_search(model, reply.turn)
+        async for raw in model.queue.stream(prompt, sampling, reply.halt, reply.stats,
+                                            beams.generate if beams else None):
             reply.status = "running"
             yield raw
 
@@ -448,6 +453,17 @@ class Engine:
             stop=stop,
             seed=cfg.seed,
         )
+
+    @staticmethod
+    def _beam_search(model: Model, turn: Turn) -> BeamSearch | None:
+        """Beam search when the turn allows it and the width is over 1; None: sample as usual."""
+        p, cfg = turn.params, model.cfg
+        width = p.num_beams if p.num_beams is not None else (getattr(cfg, "num_beams", 1) if p.whole_reply else 1)
+        if width <= 1:
+            return None
+        if not BeamSearch.supported(model.backend):
+            raise BeamSearchUnavailable(f"{model.role}: {type(model.backend).__name__} has no beam search")
+        return BeamSearch(model.backend, Beams(width, getattr(cfg, "early_stopping", False)))
 
     def _parts(self, model: Model, turn: Turn, card, history: list[dict]) -> PromptParts:
         if card is None:
@@ -535,7 +551,7 @@ async def build_engine(*, models_cfg, mongo_cfg, limits, cards_cfg, character_en
             t0 = time.perf_counter()
             backend = await asyncio.to_thread(load_backend, role, cfg, base_dir, cache_dir, env)
             log.info("%s model loaded in %.1fs: %s", role, time.perf_counter() - t0, backend.info())
-            models[role] = Engine.make_model(role, cfg, backend)
+            models[role] = Engine.make_model(role, cfg, backend, base_dir)
         characters = CharacterRegistry(cards_cfg, character_entries, base_dir, config_file=config_file)
         for doc in await _stored_cards(store):
             try:

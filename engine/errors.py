@@ -58,5 +58,9 @@ class EmptyReply(EngineError, code="empty_reply"):
     """The model produced no text (e.g. it stopped at once)."""
 
 
+class BeamSearchUnavailable(EngineError, code="beam_unavailable"):
+    """Beam search was asked of a model whose backend cannot run it (only transformers can)."""
+
+
 class RateLimitedUser(EngineError, code="rate_limited"):
     """The user sent more requests per minute than allowed."""

@@ -6,7 +6,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from engine.backends.base import Finish, Sampling, TextGenerator
 from engine.errors import EngineBusy, GenerationTimeout, ModelError
@@ -42,9 +42,13 @@ class ModelQueue:
     def depth(self) -> int:
         return self.waiting + self.running
 
-    async def stream(self, prompt: str, sampling: Sampling, cancel: threading.Event,
-                     stats: Stats) -> AsyncIterator[str]:
-        """Yield raw text pieces; a consumer that stops early (or is cancelled) stops the model."""
+    async def stream(self, prompt: str, sampling: Sampling, cancel: threading.Event, stats: Stats,
+                     generate: Callable[..., Finish] | None = None) -> AsyncIterator[str]:
+        """Yield raw text pieces; a consumer that stops early (or is cancelled) stops the model.
+
+        ``generate`` replaces the backend's own (e.g. beam search) while taking the same slot.
+        """
+        generate = generate or self.backend.generate
         if self.waiting >= self.queue_limit and self._slots.locked():
             raise EngineBusy(f"{self.name} queue full ({self.waiting} waiting)")
         self.waiting += 1
@@ -61,7 +65,7 @@ class ModelQueue:
 
         def work() -> Finish:
             try:
-                return self.backend.generate(prompt, sampling, cancel, emit)
+                return generate(prompt, sampling, cancel, emit)
             finally:
                 loop.call_soon_threadsafe(pieces.put_nowait, _DONE)
 

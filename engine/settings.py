@@ -5,7 +5,7 @@ import importlib.util
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 PKG_PREFIX = "pkg:"
 
@@ -35,6 +35,19 @@ def resolve_model_path(spec: str, base_dir: Path | None = None) -> Path:
     return path
 
 
+def _check_device(v: str, auto: bool) -> str:
+    if v in ("cpu", "cuda") or (auto and v == "auto") or (v.startswith("cuda:") and v[5:].isdigit()):
+        return v
+    raise ValueError("must be cpu, cuda, cuda:N" + (" or auto" if auto else ""))
+
+
+Level = Literal["low", "medium", "high"]
+
+# The zero-shot candidate labels (hypotheses the NLI model weighs) and the length each stands for.
+DEFAULT_CLASSIFIER_LABELS: dict[str, Level] = {
+    "simple small talk": "low", "a normal question": "medium", "a complex task needing a long answer": "high"}
+
+
 class MaxTokens(Strict):
     """How many new tokens a reply may have.
 
@@ -48,7 +61,21 @@ class MaxTokens(Strict):
     medium: int = Field(250, ge=1, le=32768)
     high: int = Field(500, ge=1, le=32768)
     classifier: Literal["heuristic", "zero-shot"] = "heuristic"
-    classifier_model: str | None = None   # a local transformers zero-shot model dir
+    classifier_model: str | None = None   # a local transformers zero-shot (NLI) model folder
+    classifier_device: str = "cpu"        # cpu | cuda | cuda:N: e.g. the second GPU, beside the chat model
+    classifier_labels: dict[str, Level] = Field(default_factory=lambda: dict(DEFAULT_CLASSIFIER_LABELS),
+                                                min_length=2)
+
+    @field_validator("classifier_device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return _check_device(v, auto=False)
+
+    @model_validator(mode="after")
+    def _zero_shot_needs_a_model(self) -> "MaxTokens":
+        if self.policy == "adaptive" and self.classifier == "zero-shot" and not self.classifier_model:
+            raise ValueError("classifier: zero-shot needs classifier_model (a local NLI model folder)")
+        return self
 
 
 class Cleaning(Strict):
@@ -96,20 +123,22 @@ class TransformersModel(LocalModel):
     backend: Literal["transformers"]
     model: str = Field(min_length=1)      # HF id (cached locally), local dir, or a .gguf file
     device: str = "cpu"                   # cpu | cuda | cuda:N | auto
-    quantization: Literal["none", "nf4", "fp4"] = "none"
+    # nf4/fp4: bitsandbytes 4-bit at load; gptq: a GPTQ checkpoint folder (needs requirements-gptq.txt)
+    quantization: Literal["none", "nf4", "fp4", "gptq"] = "none"
     double_quant: bool = True
     compute_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     torch_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     threads: int | None = Field(None, ge=1)
     adapter: str | list[str] | None = None
     active_adapter: str | None = None
+    # Beam search on the routes that return the whole reply (/inferweb, /chatweb, non-stream /v1); 1: off.
+    num_beams: int = Field(1, ge=1, le=16)
+    early_stopping: bool = False          # stop once num_beams candidates have ended
 
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if v in ("cpu", "cuda", "auto") or (v.startswith("cuda:") and v[5:].isdigit()):
-            return v
-        raise ValueError("must be cpu, cuda, cuda:N or auto")
+        return _check_device(v, auto=True)
 
 
 class LlamaCppModel(LocalModel):

@@ -30,6 +30,9 @@ class GenParams:
     top_k: int | None = None
     repetition_penalty: float | None = None
     stop: tuple[str, ...] | None = None
+    # Beam search, for routes that return the whole reply at once (never streamed: beams end together).
+    whole_reply: bool = False             # the model's num_beams (bot.yaml) applies
+    num_beams: int | None = None          # the request's own beam width, over the model's
 
 
 @dataclass

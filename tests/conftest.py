@@ -102,3 +102,18 @@ async def http_api(engine):
     await server.start()
     yield f"http://127.0.0.1:{server.port}"
     await server.stop()
+
+
+def start_up_refusal(tmp_path: Path, yaml_text: str) -> str:
+    """Start ``python -m bot`` on this bot.yaml text; it must stop with code 3: its last stderr line."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "bot.yaml").write_text(yaml_text, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k not in ("DISCORD_TOKEN", "TELEGRAM_TOKEN", "MONGO_URI")}
+    run = subprocess.run([sys.executable, "-m", "bot", "--config", str(tmp_path / "bot.yaml"), "--data-dir",
+                          str(tmp_path / "data"), "--http-port", str(free_port())],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 3, run.stderr[-2000:]
+    return run.stderr.strip().splitlines()[-1]

@@ -187,6 +187,26 @@ def test_cli_help_lists_the_options():
         assert flag in out.stdout
 
 
+def test_lr_schedulers_warm_up_then_follow_their_curve():
+    from engine.finetune.trainer import lr_at
+
+    def curve(kind):
+        opts = TrainOptions(lr=1.0, warmup_steps=2, lr_scheduler=kind)
+        return [lr_at(s, 10, opts) for s in range(10)]
+
+    for kind in ("linear", "cosine", "constant"):
+        lrs = curve(kind)
+        assert lrs[0] < lrs[1] < lrs[2] == 1.0, (kind, lrs)              # warm-up reaches lr
+    assert set(curve("constant")[2:]) == {1.0}
+    linear, cosine = curve("linear"), curve("cosine")
+    assert all(a > b for a, b in zip(linear[2:], linear[3:]))            # strictly falling after warm-up
+    assert linear[6] == pytest.approx(1 - 0.9 * 4 / 8)                    # a straight line down to a tenth
+    assert cosine[6] == pytest.approx(0.55) and cosine[6] > linear[6] - 1e-9
+    assert TrainOptions().lr_scheduler == "cosine" and TrainOptions().warmup_steps == 3   # defaults unchanged
+    with pytest.raises(ValueError):
+        TrainOptions(lr_scheduler="exponential")
+
+
 def test_cli_reports_a_missing_dataset_in_one_line(tmp_path):
     out = subprocess.run([sys.executable, "-m", "engine.finetune", "--dataset", str(tmp_path / "no.jsonl"),
                           "--out", str(tmp_path / "o"), "--config", str(REPO / "bot.yaml")],
@@ -339,3 +359,36 @@ def torch_allclose(x, y) -> bool:
     import torch
 
     return bool(torch.allclose(x, y, atol=1e-6, rtol=1e-4))
+
+
+@pytest.mark.timeout(600)
+def test_cli_training_options_write_a_step_log_and_a_loss_plot(tmp_path):
+    """--max-steps 10 with the older servers' options: a JSONL row per step, the eval loss, a PNG of the curve."""
+    from PIL import Image
+
+    data = jsonl(tmp_path / "d.jsonl", [{"question": q, "answer": a} for q, a in FACTS[:2]])
+    out, logs = tmp_path / "adapter", tmp_path / "logs"
+    run = subprocess.run(
+        [sys.executable, "-m", "engine.finetune", "--dataset", str(data), "--out", str(out), "--config",
+         str(REPO / "bot.yaml"), "--max-steps", "10", "--warmup-steps", "2", "--weight-decay", "0.01",
+         "--lr-scheduler", "linear", "--save-steps", "5", "--logging-dir", str(logs), "--plot",
+         "--batch-size", "2", "--threads", "1", "--no-progress"],
+        cwd=REPO, capture_output=True, text=True, timeout=540)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [json.loads(line) for line in (logs / "train_log.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in steps] == list(range(1, 11))
+    assert all(r["loss"] > 0 and r["tokens_per_s"] > 0 for r in steps)
+    lrs = [r["learning_rate"] for r in steps]
+    assert lrs[0] < lrs[1] < lrs[2] == pytest.approx(3e-3) and lrs[2] > lrs[9]       # warm-up, then linear decay
+    assert steps[-1]["loss"] < steps[0]["loss"]
+    assert rows[-1]["step"] == 10 and rows[-1]["eval_loss"] > 0 and "loss" not in rows[-1]
+    png = out / "loss.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(png) as img:
+        img.verify()
+        assert img.format == "PNG" and img.size[0] >= 300 and img.size[1] >= 200
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000005", "step-000010"]
+    meta = json.loads((out / "llmbot_adapter.json").read_text())
+    assert meta["options"]["weight_decay"] == 0.01 and meta["options"]["lr_scheduler"] == "linear"
+    assert f"loss curve: {png}" in run.stdout

@@ -5,6 +5,7 @@ from aiohttp import web
 
 from bot.http.context import ctx_of
 from bot.http.errors import ApiError
+from bot.http.legacy import SESSION_SCOPES, session_speaker
 
 
 async def mongo_databases(request: web.Request) -> web.Response:
@@ -26,9 +27,10 @@ async def conversation(request: web.Request) -> web.Response:
     """The remembered messages of an HTTP session (the ``session`` of /Llama_stream and /Lumimaid_stream)."""
     engine = ctx_of(request).engine
     session, kind = request.match_info["session"], request.query.get("kind", "llama")
-    if kind not in ("llama", "lumimaid"):
+    if kind not in SESSION_SCOPES:
         raise ApiError(422, "kind: must be llama or lumimaid")
-    convs = [c for c in await engine.conversations_of(f"http:{session}") if c["scope"] == f"http:{kind}"]
+    owner = session_speaker(session, lang="").id
+    convs = [c for c in await engine.conversations_of(owner) if c["scope"] == SESSION_SCOPES[kind]]
     if not convs:
         raise ApiError(404, f"no conversation for session {session!r}")
     messages = await engine.history(convs[0]["_id"], limit=int(request.query.get("limit", "100")))

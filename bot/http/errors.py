@@ -26,6 +26,7 @@ STATUS: dict[str, int] = {
     "model_error": 500,
     "unknown_character": 404,
     "input_too_long": 422,
+    "beam_unavailable": 422,
     "empty_reply": 502,
     "internal": 500,
 }

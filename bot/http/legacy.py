@@ -13,19 +13,31 @@ from engine.cards import Card
 from engine.types import GenParams, Speaker, Turn
 
 Session = Annotated[StrictStr, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
+# Where a ``session``'s conversation lives, per route kind (GET /conversations/{session}?kind=...).
+SESSION_SCOPES = {"llama": "http:llama", "lumimaid": "http:lumimaid"}
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-class LlamaBody(_Body):
+class _Streamed(_Body):
+    # Accepted only to refuse it clearly: beam search returns the whole reply at once.
+    num_beams: int | None = None
+
+    def refuse_beams(self) -> None:
+        if self.num_beams is not None and self.num_beams > 1:
+            raise ApiError(422, "num_beams: beam search cannot stream; use /inferweb or /chatweb (or /v1 with "
+                                "stream: false), which use the model's num_beams from bot.yaml")
+
+
+class LlamaBody(_Streamed):
     input_data: StrictStr = Field(min_length=1)
     google_access: StrictBool = False        # accepted for compatibility; this bot does no web search
     session: Session | None = None           # remember the conversation under this id
 
 
-class LumimaidBody(_Body):
+class LumimaidBody(_Streamed):
     input_data: StrictStr = Field(min_length=1)
     character_name: StrictStr = Field(min_length=1, max_length=100)
     greeting: StrictStr = ""
@@ -66,16 +78,22 @@ def _check_len(ctx, text: str, field: str = "input_data") -> None:
         raise ApiError(422, f"{field}: at most {limit} characters (got {len(text)})")
 
 
+def session_speaker(session: str | None, lang: str, remote: str | None = None) -> Speaker:
+    """The owner of an HTTP ``session``'s conversations (also used by the terminal chat's --session)."""
+    return Speaker(id=f"http:{session}" if session else f"http:{remote}", name="User", lang=lang)
+
+
 def _speaker(request: web.Request, session: str | None, lang: str) -> Speaker:
-    return Speaker(id=f"http:{session}" if session else f"http:{request.remote}", name="User", lang=lang)
+    return session_speaker(session, lang, request.remote)
 
 
 async def llama_stream(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     body = await parse_body(request, LlamaBody)
+    body.refuse_beams()
     _check_len(ctx, body.input_data)
     lang = request_lang(request)
-    turn = Turn(speaker=_speaker(request, body.session, lang), scope="http:llama", text=body.input_data,
+    turn = Turn(speaker=_speaker(request, body.session, lang), scope=SESSION_SCOPES["llama"], text=body.input_data,
                 mode="chat", remember=body.session is not None)
     return await stream_text(request, ctx.engine.reply(turn), lang)
 
@@ -83,6 +101,7 @@ async def llama_stream(request: web.Request) -> web.StreamResponse:
 async def lumimaid_stream(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     body = await parse_body(request, LumimaidBody)
+    body.refuse_beams()
     _check_len(ctx, body.input_data)
     lang = request_lang(request)
     registered = ctx.engine.characters().get(body.character_name)
@@ -91,7 +110,8 @@ async def lumimaid_stream(request: web.Request) -> web.StreamResponse:
     else:   # the older server's way: the character described in the request itself
         turn_card = Card(name=body.character_name, description=body.context, first_mes=body.greeting)
         character = None
-    turn = Turn(speaker=_speaker(request, body.session, lang), scope="http:lumimaid", text=body.input_data,
+    turn = Turn(speaker=_speaker(request, body.session, lang), scope=SESSION_SCOPES["lumimaid"],
+                text=body.input_data,
                 mode="roleplay", character=character, card=turn_card, remember=body.session is not None)
     return await stream_text(request, ctx.engine.reply(turn), lang)
 
@@ -110,7 +130,8 @@ async def inferweb(request: web.Request) -> web.Response:
     _check_len(ctx, body.input, "input")
     lang = request_lang(request)
     turn = Turn(speaker=_speaker(request, None, lang), scope="http:inferweb", text=body.input, mode="chat",
-                remember=False, system=body.instruction.command or None, params=GenParams(stop=_stop(ctx)))
+                remember=False, system=body.instruction.command or None,
+                params=GenParams(stop=_stop(ctx), whole_reply=True))
     result = await collect(ctx.engine.reply(turn))
     http = ctx.config.http
     return web.json_response({"result": result, "history": {
@@ -130,7 +151,7 @@ async def chatweb(request: web.Request) -> web.Response:
     lang = request_lang(request)
     turn = Turn(speaker=_speaker(request, None, lang), scope="http:chatweb", text=body.input, mode="chat",
                 remember=False, history=past, system=body.instruction.command or None,
-                params=GenParams(stop=_stop(ctx)))
+                params=GenParams(stop=_stop(ctx), whole_reply=True))
     result = await collect(ctx.engine.reply(turn))
     items = [i.model_dump() for i in body.history.history] + [_item(http.human_tag, body.input),
                                                               _item(http.ai_tag, result)]

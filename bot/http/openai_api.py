@@ -130,6 +130,7 @@ class ChatRequest(_Body):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     stop: StrictStr | list[StrictStr] | None = None
     n: int = 1
+    num_beams: int | None = Field(None, ge=1, le=16)   # an extension: beam search, non-streamed only
     seed: int | None = None
     user: StrictStr | None = Field(None, max_length=200)
 
@@ -143,6 +144,9 @@ async def _parse(request: web.Request) -> ChatRequest:
         raise OpenAIError(400 if e.status == 422 else e.status, e.message, param=param) from None
     if body.n != 1:
         raise OpenAIError(400, "n: only n=1 is supported", param="n")
+    if body.stream and (body.num_beams or 1) > 1:
+        raise OpenAIError(400, "num_beams: beam search returns the whole reply at once and cannot stream; "
+                               "send stream: false", param="num_beams")
     return body
 
 
@@ -208,7 +212,7 @@ def _turn(engine: EngineAPI, body: ChatRequest, lang: str) -> Turn:
     return Turn(speaker=speaker, scope="openai", text=texts[-1], mode=mode, character=character, card=card,
                 remember=False, history=history, system=(system or None) if mode == "chat" else None,
                 params=GenParams(max_new_tokens=max_new, temperature=body.temperature, top_p=body.top_p,
-                                 stop=stop))
+                                 stop=stop, whole_reply=not body.stream, num_beams=body.num_beams))
 
 
 @openai_errors

@@ -1,6 +1,8 @@
 """Load a transformers causal LM and its tokenizer from an HF id, a local folder or a GGUF file."""
 from __future__ import annotations
 
+import importlib.util
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -55,6 +57,23 @@ def _dequantized_copy(src: str, gguf: str, cache_dir: Path) -> Path:
     return out
 
 
+def check_gptq(src: str, gguf: str | None) -> None:
+    """Refuse ``quantization: gptq`` with one reason before any weights are read."""
+    if gguf:
+        raise ValueError("quantization: gptq needs a GPTQ checkpoint folder, not a .gguf file")
+    config = Path(src) / "config.json"
+    if config.is_file():
+        quant = json.loads(config.read_text(encoding="utf-8")).get("quantization_config") or {}
+        if quant.get("quant_method") != "gptq":
+            raise ValueError(f"quantization: gptq, but {src} is not a GPTQ checkpoint "
+                             "(its config.json has no quantization_config with quant_method gptq)")
+    missing = [name for name in ("gptqmodel", "optimum") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValueError(f"quantization: gptq needs the {' and '.join(missing)} package"
+                         f"{'s' if len(missing) > 1 else ''}, not installed here: "
+                         "pip install --no-deps -r requirements-gptq.txt (see ai_model/README.md)")
+
+
 def load_causal_lm(cfg: TransformersModel, base_dir: Path, cache_dir: Path, *, for_training: bool = False):
     """(model, tokenizer) as configured: device, 4-bit quantization, dtype.
 
@@ -71,7 +90,11 @@ def load_causal_lm(cfg: TransformersModel, base_dir: Path, cache_dir: Path, *, f
         torch.set_num_threads(cfg.threads)
     src, gguf = model_source(cfg, base_dir)
     kwargs: dict = {}
-    if cfg.quantization != "none":
+    if cfg.quantization == "gptq":
+        # The checkpoint's own quantization_config drives transformers' GPTQ integration (gptqmodel kernels).
+        check_gptq(src, gguf)
+        kwargs["device_map"] = {"": "cpu"}          # cuda and auto are mapped below, as for bitsandbytes
+    elif cfg.quantization != "none":
         if gguf:
             src, gguf = str(_dequantized_copy(src, gguf, cache_dir)), None
         kwargs["quantization_config"] = BitsAndBytesConfig(

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -19,7 +20,7 @@ from engine.settings import TransformersModel
 
 _OPTION_FLAGS = ("epochs", "max_steps", "lr", "rank", "alpha", "dropout", "batch_size", "grad_accum",
                  "target_modules", "max_length", "eval_fraction", "seed", "save_every", "system_prompt",
-                 "precision")
+                 "precision", "warmup_steps", "weight_decay", "lr_scheduler")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -38,6 +39,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=float, help=f"passes over the data (default {d.epochs:g}; --max-steps wins)")
     p.add_argument("--max-steps", type=int, help="optimizer steps to train in total")
     p.add_argument("--lr", type=float, help=f"learning rate (default {d.lr:g})")
+    p.add_argument("--warmup-steps", type=int,
+                   help=f"steps the learning rate climbs to --lr (default {d.warmup_steps})")
+    p.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default {d.weight_decay:g})")
+    p.add_argument("--lr-scheduler", choices=("linear", "cosine", "constant"),
+                   help=f"learning rate after warm-up: cosine or linear down to a tenth, or constant "
+                        f"(default {d.lr_scheduler})")
     p.add_argument("--rank", type=int, help=f"LoRA rank r (default {d.rank})")
     p.add_argument("--alpha", type=float, help=f"LoRA alpha (default {d.alpha:g})")
     p.add_argument("--dropout", type=float, help=f"LoRA dropout (default {d.dropout:g})")
@@ -51,7 +58,11 @@ def parser() -> argparse.ArgumentParser:
                    help="share of rows held out for the eval loss (default 0.1 from 50 rows up, else 0: "
                         "the eval loss is then measured on the training rows)")
     p.add_argument("--seed", type=int, help=f"shuffle and split seed (default {d.seed})")
-    p.add_argument("--save-every", type=int, help=f"checkpoint every N steps (default {d.save_every})")
+    p.add_argument("--save-every", "--save-steps", dest="save_every", type=int,
+                   help=f"checkpoint every N steps (default {d.save_every})")
+    p.add_argument("--logging-dir", type=Path, help="write LOGGING_DIR/train_log.jsonl: one row per step "
+                                                    "(step, loss, learning_rate, tokens_per_s), then eval_loss")
+    p.add_argument("--plot", action="store_true", help="write OUT/loss.png, the loss curve (matplotlib)")
     p.add_argument("--system-prompt", help="system prompt to train with (default: the chat model's own, "
                                            "which is what serving sends)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
@@ -108,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.check and not args.out:
         print("error: --out is required to train (or pass --check to only validate the dataset)", file=sys.stderr)
         return 2
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        print("error: --plot needs matplotlib (pip install -r requirements.txt)", file=sys.stderr)
+        return 2
     try:
         return _run(args, cfg, base_dir, opts)
     except (DatasetError, ValueError, FileNotFoundError) as e:
@@ -122,6 +136,7 @@ def _run(args, cfg: TransformersModel, base_dir: Path, opts: TrainOptions) -> in
     from engine.finetune.datasets import read_dataset
     from engine.finetune.recall import qa_pairs, recall
     from engine.finetune.trainer import prepare_data, train
+    from engine.finetune.trainlog import PLOT_FILE, TrainingLog, plot_loss
 
     read_dataset(args.dataset)        # an unreadable file fails before the model is loaded
     if args.check:
@@ -134,12 +149,17 @@ def _run(args, cfg: TransformersModel, base_dir: Path, opts: TrainOptions) -> in
         return 1 if report.problems else 0
 
     model, tokenizer = load_causal_lm(cfg, base_dir, cache_dir=base_dir / "ai_model", for_training=True)
+    log = TrainingLog(args.logging_dir) if (args.logging_dir or args.plot) else None
     result = train(model, tokenizer, cfg, opts, args.dataset, args.out, resume=args.resume, strict=args.strict,
-                   echo=_echo, progress=not args.no_progress)
+                   echo=_echo, progress=not args.no_progress, log=log)
     where = "held-out rows" if result.eval_on == "eval" else "training rows (no held-out split)"
     print(f"trained {result.steps - result.start_step} steps (now at step {result.steps}) in {result.seconds:.0f} s, "
           f"{result.tokens_per_s:.0f} tokens/s; eval loss {result.eval_loss:.4f} on {where}")
     print(f"adapter written to {args.out}; serve it with models.chat.adapter: {args.out}")
+    if log is not None and log.path is not None:
+        print(f"training log: {log.path}")
+    if args.plot:
+        print(f"loss curve: {plot_loss(log, args.out / PLOT_FILE, f'{cfg.model} on {args.dataset.name}')}")
     if args.recall:
         examples, _ = read_dataset(args.dataset)
         pairs = qa_pairs(examples)[: args.recall]

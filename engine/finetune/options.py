@@ -27,6 +27,8 @@ class TrainOptions(Strict):
     lr: float = Field(3e-3, gt=0, le=1.0)
     warmup_steps: int = Field(3, ge=0)
     weight_decay: float = Field(0.0, ge=0)
+    # After warm-up. cosine and linear end at a tenth of lr (late steps polish what early ones taught).
+    lr_scheduler: Literal["linear", "cosine", "constant"] = "cosine"
     max_grad_norm: float = Field(1.0, gt=0)
     rank: int = Field(16, ge=1, le=1024)
     alpha: float = Field(32.0, gt=0)

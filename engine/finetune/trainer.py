@@ -15,6 +15,7 @@ from engine.finetune.adapters import CONFIG_FILE, META_FILE, WEIGHTS_FILE, model
 from engine.finetune.datasets import DatasetReport, read_dataset, split
 from engine.finetune.encoding import IGNORE, Encoded, encode_all
 from engine.finetune.options import TrainOptions
+from engine.finetune.trainlog import TrainingLog
 from engine.settings import TransformersModel
 
 CHECKPOINTS = "checkpoints"
@@ -66,12 +67,15 @@ def total_steps(n: int, opts: TrainOptions) -> int:
 
 
 def lr_at(step: int, total: int, opts: TrainOptions) -> float:
-    """Linear warm-up, then a cosine down to a tenth: late steps polish what early ones taught."""
+    """Linear warm-up, then the scheduler's curve down to a tenth (cosine, linear) or flat (constant)."""
     if step < opts.warmup_steps:
         return opts.lr * (step + 1) / (opts.warmup_steps + 1)
+    if opts.lr_scheduler == "constant":
+        return opts.lr
     span = max(1, total - opts.warmup_steps)
     progress = min(1.0, (step - opts.warmup_steps) / span)
-    return opts.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    falling = 1 - progress if opts.lr_scheduler == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+    return opts.lr * (0.1 + 0.9 * falling)
 
 
 def collate(rows: list[Encoded], pad_id: int, device):
@@ -251,8 +255,11 @@ def add_lora(model, cfg: TransformersModel, opts: TrainOptions):
 
 def train(model, tokenizer, cfg: TransformersModel, opts: TrainOptions, dataset: Path, out: Path, *,
           resume: str | None = None, strict: bool = False, echo: Echo = _stderr,
-          progress: bool = True) -> TrainResult:
-    """Teach ``model`` (a loaded base model, not yet wrapped) the dataset; write the adapter to ``out``."""
+          progress: bool = True, log: TrainingLog | None = None) -> TrainResult:
+    """Teach ``model`` (a loaded base model, not yet wrapped) the dataset; write the adapter to ``out``.
+
+    ``log`` receives each step's loss, learning rate and tokens/s, and the eval loss at the end.
+    """
     import torch
     from tqdm.auto import tqdm
 
@@ -290,8 +297,9 @@ def train(model, tokenizer, cfg: TransformersModel, opts: TrainOptions, dataset:
     bar = tqdm(total=total, initial=step, desc="fine-tuning", unit="step", disable=not progress, file=sys.stderr)
     try:
         while step < total:
+            lr = lr_at(step, total, opts)
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total, opts)
+                group["lr"] = lr
             step_loss = 0.0
             for indices in micro_batches(len(train_rows), opts, step):
                 ids, mask, labels = collate([train_rows[i] for i in indices], pad_id, device)
@@ -308,6 +316,8 @@ def train(model, tokenizer, cfg: TransformersModel, opts: TrainOptions, dataset:
             rate = tokens / max(time.perf_counter() - started, 1e-9)
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{rate:.0f}")
+            if log is not None:
+                log.step(step, step_loss, lr, rate)
             if step % opts.save_every == 0 or step == total:
                 save_checkpoint(model, optimizer, out, step, opts, losses)
     except KeyboardInterrupt:
@@ -321,6 +331,8 @@ def train(model, tokenizer, cfg: TransformersModel, opts: TrainOptions, dataset:
 
     eval_on = "eval" if eval_rows else "train"
     eval_loss = evaluate(model, eval_rows or train_rows, opts.batch_size, pad_id, device, opts.precision)
+    if log is not None:
+        log.end(step, eval_loss, eval_on)
     save_adapter(model, out)
     result = TrainResult(
         out=str(out), start_step=start_step, steps=step,
