@@ -12,6 +12,7 @@ from engine.backends.base import Sampling
 from engine.finetune.options import chat_model_from_yaml
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.timeout(900)      # real generation on 2 shared cores
 GREEDY = Sampling(max_new_tokens=40, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0)
 QUESTIONS = [
     "What is the capital of France?",

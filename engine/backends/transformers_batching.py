@@ -87,6 +87,8 @@ class BatchLoop:
 
     def submit(self, ids: list[int], sampling: Sampling, cancel: threading.Event, emit: Emit) -> Finish:
         """Queue a request and block until it ends (or is cancelled: seen within one step)."""
+        if not ids:
+            raise ValueError("empty prompt: nothing to continue from")
         req = _Request(ids, sampling, cancel, emit, self.tokenizer,
                        TokenPicker(self.torch, sampling, ids, self.device))
         with self._cv:
