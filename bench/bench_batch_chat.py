@@ -1,4 +1,4 @@
-"""Benchmark the chat model's continuous batching (transformers) in-process through the engine: P1, P2, P4, prompt cache."""
+"""Benchmark the chat model's continuous batching (transformers) through the engine: P1, P2, P4, prompt cache."""
 from __future__ import annotations
 
 import asyncio

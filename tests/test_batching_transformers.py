@@ -1,4 +1,4 @@
-"""Continuous batching of the chat model (transformers) on the real SmolLM2: equality, cancel, prompt cache, adapters."""
+"""Continuous batching of the chat model (transformers) on the real SmolLM2: equality, cancel, cache, adapters."""
 from __future__ import annotations
 
 import json

@@ -127,7 +127,8 @@ class TransformersGenerator:
                 "quantization": self.cfg.quantization, "n_ctx": self.n_ctx,
                 "adapter": self.adapter["name"] if self.adapter else None,
                 "adapter_path": self.adapter["path"] if self.adapter else None,
-                "max_batch": self.max_concurrent, "prompt_cache": self.batch is not None and self.batch.prefix is not None}
+                "max_batch": self.max_concurrent,
+                "prompt_cache": self.batch is not None and self.batch.prefix is not None}
 
     def close(self) -> None:
         if self.batch is not None:

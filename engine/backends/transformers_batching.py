@@ -108,7 +108,7 @@ class BatchLoop:
         rows, mask, prefilling = self._rows, self._mask, list(self._prefilling)
         used = (mask.numel() if mask is not None and rows else 0) + sum(r.prefilled for r in prefilling)
         return BatchStats(running=len(rows) + len(prefilling),
-                          kv_used_tokens=used + (self.prefix.tokens if self.prefix else 0),
+                          kv_used_tokens=used + (self.prefix.tokens if self.prefix is not None else 0),
                           kv_capacity_tokens=self.kv_budget, cache_hit_tokens=self.hit_tokens,
                           prompt_tokens=self.prompt_tokens)
 
@@ -141,7 +141,7 @@ class BatchLoop:
             self._incoming.clear()
         self._fail(pending, RuntimeError("the model was closed"))
         self._rows, self._cache, self._mask = [], None, None
-        if self.prefix:
+        if self.prefix is not None:
             self.prefix.clear()
 
     def _reserved(self, extra: _Request | None = None) -> int:
@@ -165,7 +165,7 @@ class BatchLoop:
             self._incoming.popleft()
             self._prefilling.append(req)
             self.prompt_tokens += len(req.ids)
-        if self.prefix:
+        if self.prefix is not None:
             self.prefix.evict_to(max(self.kv_budget - self._reserved(), 0))
 
     def _prefill_step(self) -> None:
