@@ -123,7 +123,8 @@ async def test_abandoned_stream_frees_the_model(engine, speaker_id):
 
 
 async def test_queue_limit_answers_busy(mongo_uri, speaker_id):
-    config = make_config({"models": {"chat": {"queue_limit": 0}}})
+    # One slot (no batching), so the first reply fills the model; with max_batch: 8 the ninth would be refused.
+    config = make_config({"models": {"chat": {"queue_limit": 0, "max_batch": 1}}})
     eng = await start_engine(config, mongo_uri, "llmbot_busy")
     try:
         first = eng.reply(turn(speaker_id, "Tell me a story.", params=GenParams(max_new_tokens=200)))

@@ -7,30 +7,28 @@ from pathlib import Path
 
 from engine.backends.base import BatchStats, Emit, Finish, Sampling
 from engine.backends.hf_loading import adapter_info, load_causal_lm, model_source
+from engine.backends.hf_text import IncrementalDecoder
 from engine.settings import TransformersModel
 
 log = logging.getLogger(__name__)
 
 
-class _Decoder:
-    """Turns token ids into text pieces; holds back a piece that ends inside a UTF-8 character."""
-
-    def __init__(self, tokenizer, emit: Emit):
-        self.tokenizer, self.emit = tokenizer, emit
-        self.ids: list[int] = []
-        self.sent = 0
-
-    def push(self, token_id: int) -> None:
-        self.ids.append(token_id)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):
-            return
-        if len(text) > self.sent:
-            self.emit(text[self.sent:])
-            self.sent = len(text)
+def eos_ids(model, tokenizer) -> set[int]:
+    """Every token that ends a reply: the tokenizer's EOS and the generation config's (an int or a list)."""
+    ids = {tokenizer.eos_token_id}
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(config_eos if isinstance(config_eos, (list, tuple)) else [config_eos])
+    return {i for i in ids if i is not None}
 
 
 class TransformersGenerator:
+    """The chat model. With ``max_batch`` > 1, concurrent generate() calls share one continuous batch
+    (``transformers_batching.BatchLoop``); otherwise each call runs transformers' own generate().
+
+    ``model``, ``tokenizer`` and ``device`` stay public: other paths (beam search, fine-tuning, the
+    classifier) call the model directly. The batch loop changes no model state, so they still work.
+    """
+
     def __init__(self, cfg: TransformersModel, base_dir: Path, cache_dir: Path):
         import torch
 
@@ -38,10 +36,25 @@ class TransformersGenerator:
         self.torch = torch
         self.model, self.tokenizer = load_causal_lm(cfg, base_dir, cache_dir)
         self.n_ctx = cfg.n_ctx
-        self.max_concurrent = 1
         self.source = model_source(cfg, base_dir)
         self.device = next(self.model.parameters()).device
         self.adapter = adapter_info(cfg, base_dir)
+        self.batch = self._batch_loop(cfg)
+        self.max_concurrent = cfg.max_batch if self.batch else 1
+
+    def _batch_loop(self, cfg: TransformersModel):
+        from engine.backends.transformers_batching import BatchLoop, batchable
+
+        if cfg.max_batch <= 1:
+            return None
+        why_not = batchable(self.model)
+        if why_not:
+            log.warning("%s decodes one reply at a time: %s", cfg.model, why_not)
+            return None
+        return BatchLoop(self.model, self.tokenizer, self.device, max_batch=cfg.max_batch,
+                         kv_budget=cfg.kv_budget_tokens or cfg.n_ctx * cfg.max_batch,
+                         prefill_chunk=cfg.prefill_chunk, prompt_cache=cfg.prompt_cache,
+                         eos_ids=eos_ids(self.model, self.tokenizer))
 
     def render(self, messages: list[dict[str, str]]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -50,13 +63,20 @@ class TransformersGenerator:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def generate(self, prompt: str, sampling: Sampling, cancel: threading.Event, emit: Emit) -> Finish:
+        if self.batch is not None:
+            ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            return self.batch.submit(ids, sampling, cancel, emit)
+        return self.generate_unbatched(prompt, sampling, cancel, emit)
+
+    def generate_unbatched(self, prompt: str, sampling: Sampling, cancel: threading.Event, emit: Emit) -> Finish:
+        """transformers' own generate() on this one prompt, outside the batch (the max_batch: 1 path)."""
         from transformers import StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
         torch = self.torch
         inputs = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
         prompt_len = inputs["input_ids"].shape[1]
-        decoder = _Decoder(self.tokenizer, emit)
+        decoder = IncrementalDecoder(self.tokenizer, emit)
         eos = self.tokenizer.eos_token_id
 
         class Streamer(BaseStreamer):
@@ -100,13 +120,17 @@ class TransformersGenerator:
         return Finish(tokens=new, prompt_tokens=prompt_len, reason=reason)
 
     def batch_stats(self) -> BatchStats:
-        return BatchStats()
+        return self.batch.stats() if self.batch is not None else BatchStats()
 
     def info(self) -> dict:
         return {"backend": "transformers", "model": self.cfg.model, "device": str(self.device),
                 "quantization": self.cfg.quantization, "n_ctx": self.n_ctx,
                 "adapter": self.adapter["name"] if self.adapter else None,
-                "adapter_path": self.adapter["path"] if self.adapter else None}
+                "adapter_path": self.adapter["path"] if self.adapter else None,
+                "max_batch": self.max_concurrent,
+                "prompt_cache": self.batch is not None and self.batch.prefix is not None}
 
     def close(self) -> None:
+        if self.batch is not None:
+            self.batch.close()
         del self.model
