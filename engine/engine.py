@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 from engine.api import ModelLimits
-from engine.backends.base import Sampling, TextGenerator
+from engine.backends.base import BatchStats, Sampling, TextGenerator
 from engine.backends.beam import Beams, BeamSearch
 from engine.cards import CharacterRegistry, build_roleplay_parts, card_to_dict, card_to_png, load_card
 from engine.cards.macros import apply_macros
@@ -283,6 +283,10 @@ class Engine:
 
     def model_info(self) -> dict[str, dict]:
         return {role: m.backend.info() for role, m in self.models.items()}
+
+    def batch_stats(self) -> dict[str, BatchStats]:
+        """What each model's batch holds now (running sequences, KV cells, prompt-cache hits)."""
+        return {role: m.backend.batch_stats() for role, m in self.models.items()}
 
     async def database_names(self) -> list[str]:
         return await self.store.database_names()

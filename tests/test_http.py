@@ -162,8 +162,15 @@ async def test_health_and_metrics(http_api):
         assert health["status"] == "ok" and set(health["models"]) == {"chat", "roleplay"}
         text = await (await s.get(http_api + "/metrics")).text()
     for name in ("llmbot_http_requests_total", "llmbot_tokens_generated_total", "llmbot_queue_depth",
-                 "llmbot_time_to_first_token_seconds_bucket", "llmbot_tokens_per_second"):
+                 "llmbot_time_to_first_token_seconds_bucket", "llmbot_tokens_per_second", "llmbot_batch_running",
+                 "llmbot_kv_cells_used", "llmbot_prompt_cache_hit_tokens"):
         assert name in text, name
+    # Both default models batch: their KV budget is reported, and the cache has served earlier prompts' prefixes.
+    values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+              if line.startswith(("llmbot_kv_cells_capacity{", "llmbot_prompt_tokens{"))}
+    for role in ("chat", "roleplay"):
+        assert values[f'llmbot_kv_cells_capacity{{model="{role}"}}'] > 0
+    assert values['llmbot_prompt_tokens{model="roleplay"}'] > 0
 
 
 @pytest.mark.skipif(not SERAPHINA.exists(), reason="shared/testdata is not beside this checkout")

@@ -14,8 +14,9 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    m = ctx_of(request).metrics
-    return web.Response(body=m.render(), headers={"Content-Type": m.content_type})
+    ctx = ctx_of(request)
+    m = ctx.metrics
+    return web.Response(body=m.render(ctx.engine.batch_stats()), headers={"Content-Type": m.content_type})
 
 
 def setup(app: web.Application) -> None:

@@ -20,7 +20,15 @@ class Metrics:
         self.depth = Gauge("llmbot_queue_depth", "Requests waiting or generating", ["model"], registry=r)
         self.ttft = Histogram("llmbot_time_to_first_token_seconds", "Time to first token", ["model"], registry=r,
                               buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-        self.gpu = Gauge("llmbot_gpu_memory_bytes", "CUDA memory allocated", ["device"], registry=r)
+        self.gpu = Gauge("llmbot_gpu_memory_bytes", "GPU memory in use (NVML: every library's allocations)",
+                         ["device"], registry=r)
+        self.batch = Gauge("llmbot_batch_running", "Sequences in the model's running batch", ["model"], registry=r)
+        self.kv_used = Gauge("llmbot_kv_cells_used", "KV cache cells in use (running and cached prefixes)",
+                             ["model"], registry=r)
+        self.kv_capacity = Gauge("llmbot_kv_cells_capacity", "KV cache budget in cells", ["model"], registry=r)
+        self.cache_hits = Gauge("llmbot_prompt_cache_hit_tokens", "Prompt tokens served from the prompt cache since start",
+                                ["model"], registry=r)
+        self.prompt_tokens = Gauge("llmbot_prompt_tokens", "Prompt tokens seen since start", ["model"], registry=r)
         self.info = Gauge("llmbot_model_info", "Loaded models", ["role", "backend", "model", "adapter"], registry=r)
 
     # EngineMetrics
@@ -44,15 +52,28 @@ class Metrics:
             self.info.labels(role, info.get("backend", ""), str(info.get("model", "")),
                              str(info.get("adapter") or "")).set(1)
 
-    def render(self) -> bytes:
+    def render(self, batches: dict | None = None) -> bytes:
+        """The Prometheus text; ``batches`` is the engine's ``batch_stats()`` sampled now."""
+        for role, b in (batches or {}).items():
+            self.batch.labels(role).set(b.running)
+            self.kv_used.labels(role).set(b.kv_used_tokens)
+            self.kv_capacity.labels(role).set(b.kv_capacity_tokens)
+            self.cache_hits.labels(role).set(b.cache_hit_tokens)
+            self.prompt_tokens.labels(role).set(b.prompt_tokens)
         self._sample_gpu()
         return generate_latest(self.registry)
 
     def _sample_gpu(self) -> None:
+        # NVML sees the whole device, so llama.cpp's allocations count as well as torch's.
         try:
-            import torch
-        except ImportError:
+            import pynvml
+
+            pynvml.nvmlInit()
+        except Exception:  # noqa: BLE001 - no NVIDIA driver here: nothing to report
             return
-        if torch.cuda.is_available():
-            for i in range(torch.cuda.device_count()):
-                self.gpu.labels(f"cuda:{i}").set(torch.cuda.memory_allocated(i))
+        try:
+            for i in range(pynvml.nvmlDeviceGetCount()):
+                used = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).used
+                self.gpu.labels(f"cuda:{i}").set(used)
+        finally:
+            pynvml.nvmlShutdown()
