@@ -13,7 +13,7 @@ from pydantic import Field, ValidationError
 
 from bot.discord.config import DiscordConfig
 from bot.telegram.config import TelegramConfig
-from engine.settings import Cards, CharacterEntry, Language, Limits, Models, Mongo, Strict
+from engine.settings import Cards, CharacterEntry, Language, Limits, Memory, Models, Mongo, Strict
 
 
 class HttpConfig(Strict):
@@ -34,6 +34,7 @@ class AppConfig(Strict):
     mongo: Mongo = Mongo()
     http: HttpConfig = HttpConfig()
     limits: Limits = Limits()
+    memory: Memory = Memory()
     cards: Cards = Cards()
     characters: tuple[CharacterEntry, ...] = ()
     discord: DiscordConfig = DiscordConfig()

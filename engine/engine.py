@@ -18,9 +18,11 @@ from engine.cleaning import StreamCleaner
 from engine.complexity import Classifier, make_classifier, max_new_tokens
 from engine.errors import (EmptyReply, EngineError, GenerationCancelled, InputTooLong, RateLimitedUser,
                            UnknownCharacter, UserBusy)
+from engine.memory import ConversationMemory, Recall
 from engine.observe import EngineMetrics, NoMetrics
 from engine.prompts import PromptParts, fit
 from engine.scheduler import ModelQueue, Stats
+from engine.settings import Memory
 from engine.store.repository import Store
 from engine.types import Turn
 
@@ -103,9 +105,10 @@ class _UserGate:
 
 class Engine:
     def __init__(self, *, models: dict[str, Model], store: Store, limits, cards_cfg, characters=None,
-                 metrics: EngineMetrics | None = None, on_close=()):
+                 metrics: EngineMetrics | None = None, on_close=(), memory_cfg: Memory | None = None):
         self.models = models
         self.store = store
+        self.memory = ConversationMemory(memory_cfg or Memory(), store)
         self.limits = limits
         self.cards_cfg = cards_cfg
         self.characters = characters
@@ -148,6 +151,35 @@ class Engine:
         character = turn.character or (turn.card.name if turn.card is not None else None)
         return await self.store.active_conversation(turn.speaker.id, turn.scope, turn.mode,
                                                     character if turn.mode == "roleplay" else None)
+
+    # memory beyond the window: summary and pinned facts -------------------------------------------
+
+    async def memory_of(self, conversation_id: str) -> dict:
+        """``{"summary": {"text", "revision", "by", "ts", "covers"} | None, "pins": [{"n", "id", "text", "ts"}]}``."""
+        return await self.memory.show(conversation_id)
+
+    async def pin_fact(self, conversation_id: str, text: str, by: str) -> dict:
+        """Pin a fact to every prompt of the conversation (PinRejected: empty, too long, no room); the memory."""
+        return await self.memory.pin(conversation_id, text, by, await self._model_of_conversation(conversation_id))
+
+    async def unpin_fact(self, conversation_id: str, n: int) -> str:
+        """Unpin fact number ``n`` (1 = oldest; UnknownPin otherwise); its text."""
+        return await self.memory.unpin(conversation_id, n)
+
+    async def edit_summary(self, conversation_id: str, text: str, by: str) -> dict:
+        """Replace the summary's text (a new revision covering the same messages); the memory."""
+        return await self.memory.edit_summary(conversation_id, text, by)
+
+    async def forget(self, conversation_id: str, by: str) -> None:
+        """Clear the summary and the pins; the messages stay stored."""
+        await self.memory.forget(conversation_id, by)
+
+    async def _model_of_conversation(self, conversation_id: str) -> Model:
+        conv = await self.store.get_conversation(conversation_id) or {}
+        if conv.get("mode") != "roleplay":
+            return self.models["chat"]
+        found = self.characters.character(conv["character"]) if (conv.get("character") and self.characters) else None
+        return self.models[found.model if found else "roleplay"]
 
     # characters imported at run time ----------------------------------------------------------
 
@@ -206,21 +238,24 @@ class Engine:
         choices = card.greetings()
         return apply_macros(random.choice(choices), card.display_name, turn.speaker.name) if choices else ""
 
-    async def _history(self, reply: Reply, card) -> list[dict]:
-        """Stored memory (or the turn's explicit history); a new roleplay opens with the greeting."""
+    async def _history(self, reply: Reply, card, recall: Recall | None) -> tuple[list[dict], list[dict]]:
+        """The window's candidates: stored messages after the summary's cover (or the turn's explicit history),
+        and the stored documents they came from; a new roleplay opens with the greeting."""
         turn = reply.turn
-        history = list(turn.history or [])
+        history, docs = list(turn.history or []), []
         if turn.remember and turn.history is None:
-            docs = await self.store.recent_messages(reply.conversation_id, self.limits.history_messages)
-            history = [{"role": d["role"], "content": d["content"]} for d in docs if d["role"] in ("user", "assistant")
-                       and not (turn.request_key and d.get("request_key") == turn.request_key)]
-        if card is not None and not history:
+            docs = await self.store.recent_messages(reply.conversation_id, self.limits.history_messages,
+                                                    after_ts=recall.after_ts if recall else None)
+            docs = [d for d in docs if d["role"] in ("user", "assistant")
+                    and not (turn.request_key and d.get("request_key") == turn.request_key)]
+            history = [{"role": d["role"], "content": d["content"]} for d in docs]
+        if card is not None and not history and not (recall and recall.summary):
             greeting = self._greeting(card, turn)
             if greeting:
                 history = [{"role": "assistant", "content": greeting}]
                 if turn.remember:
                     await self.store.add_message(reply.conversation_id, "assistant", greeting, meta={"greeting": True})
-        return history
+        return history, docs
 
     async def _run(self, reply: Reply) -> AsyncIterator[str]:
         turn = reply.turn
@@ -233,6 +268,7 @@ class Engine:
         self._replies.add(reply)
         error: str | None = None
         replayed = False
+        dropped: list[dict] = []
         self.metrics.reply_started(model.role)
         try:
             if turn.remember:
@@ -245,16 +281,22 @@ class Engine:
                         yield done["content"]
                         return
                 await self.store.touch_user(turn.speaker.id, turn.speaker.name, turn.speaker.lang)
-            history = await self._history(reply, card)
+            recall = await self.memory.recall(reply.conversation_id) if turn.remember else None
+            history, docs = await self._history(reply, card, recall)
             if turn.remember:
                 await self.store.add_message(reply.conversation_id, "user", turn.text, request_key=turn.request_key)
             sampling = self._sampling(model, turn, card)
             parts = self._parts(model, turn, card, history)
+            if recall:
+                parts.blocks += self.memory.blocks(recall, model, turn.mode)
             budget = model.backend.n_ctx - sampling.max_new_tokens
-            prompt = reply.prompt = model.backend.render(fit(parts, model.count, budget))
+            messages = fit(parts, model.count, budget)
+            dropped = self.memory.out_of_window(docs, history, messages)
+            prompt = reply.prompt = model.backend.render(messages)
             cleaner = StreamCleaner(model.cfg.clean, sampling.stop, card.name if card else "")
             reply.status = "queued"
             self.metrics.queue_depth(model.role, model.queue.depth + 1)
+            self.memory.yield_to(model)      # a summary being written gives its slot to this reply
             async for raw in model.queue.stream(prompt, sampling, reply.cancel, reply.stats):
                 reply.status = "running"
                 out = cleaner.feed(raw)
@@ -295,6 +337,10 @@ class Engine:
                 await self.store.add_message(
                     reply.conversation_id, "assistant", reply.text, request_key=turn.request_key,
                     status=reply.status, meta={"model": model.role}, durable=True)
+            if dropped and reply.status == "done":
+                writer = model if self.memory.cfg.summarize_model == "roleplay" else self.models["chat"]
+                self.memory.after_reply(reply.conversation_id, dropped, model, writer, turn.speaker.name,
+                                        card.display_name if card else None)
 
     # life cycle ---------------------------------------------------------------------------------
 
@@ -314,6 +360,7 @@ class Engine:
             r.stop("shutdown")
         while self._replies and time.monotonic() < deadline + 5:
             await asyncio.sleep(0.05)
+        await self.memory.close()
         for m in {id(m): m for m in self.models.values()}.values():     # chat and roleplay may share one
             await asyncio.to_thread(m.queue.close)
             m.backend.close()
@@ -324,7 +371,8 @@ class Engine:
 
 async def build_engine(*, models_cfg, mongo_cfg, limits, cards_cfg, character_entries, mongo_uri: str | None,
                        data_dir: Path, base_dir: Path, cache_dir: Path, metrics: EngineMetrics | None = None,
-                       config_file: Path | None = None, env: dict[str, str] | None = None) -> Engine:
+                       config_file: Path | None = None, env: dict[str, str] | None = None,
+                       memory_cfg: Memory | None = None) -> Engine:
     """Start the store (embedded server if no URI), load both models, load the characters."""
     from engine.loading import load_backend
     from engine.store.embedded import EmbeddedMongo
@@ -362,7 +410,7 @@ async def build_engine(*, models_cfg, mongo_cfg, limits, cards_cfg, character_en
             await fn()
         raise
     return Engine(models=models, store=store, limits=limits, cards_cfg=cards_cfg, characters=characters,
-                  metrics=metrics, on_close=on_close)
+                  metrics=metrics, on_close=on_close, memory_cfg=memory_cfg)
 
 
 async def _stored_cards(store: Store) -> list[dict]:

@@ -70,3 +70,21 @@ class RateLimitedUser(EngineError):
     """The user sent more requests per minute than allowed."""
     code = "rate_limited"
     http_status = 429
+
+
+class MemoryOff(EngineError):
+    """bot.yaml memory.enabled is false: no summaries or pins."""
+    code = "memory_off"
+    http_status = 409
+
+
+class PinRejected(EngineError):
+    """A fact to pin is empty, longer than memory.pin_chars, or would exceed memory.pin_tokens."""
+    code = "pin_rejected"
+    http_status = 422
+
+
+class UnknownPin(EngineError):
+    """No pinned fact with that number."""
+    code = "unknown_pin"
+    http_status = 404
