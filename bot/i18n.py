@@ -30,8 +30,51 @@ ERRORS: dict[str, dict[str, str]] = {
                      "en": "Too many requests. Please try again in {seconds} seconds."},
     "bad_card": {"ko": "캐릭터 카드로 읽을 수 없는 파일이에요: {message}",
                  "en": "That file is not a usable character card: {message}"},
+    "memory_off": {"ko": "이 봇은 장기 기억을 쓰지 않도록 설정되어 있어요.",
+                   "en": "Long-term memory is turned off for this bot."},
+    "pin_empty": {"ko": "고정할 내용을 적어 주세요.", "en": "Tell me what to pin."},
+    "pin_too_long": {"ko": "고정할 내용이 너무 길어요 (최대 {limit}자).",
+                     "en": "That fact is too long to pin (at most {limit} characters)."},
+    "pins_full": {"ko": "고정한 내용이 이미 꽉 찼어요. 먼저 하나를 고정 해제해 주세요.",
+                  "en": "There is no room for another pinned fact. Unpin one first."},
+    "unknown_pin": {"ko": "{n}번 고정 항목이 없어요 (지금 {count}개).",
+                    "en": "There is no pinned fact number {n} (there are {count})."},
     "internal": {"ko": "알 수 없는 오류가 발생했어요.", "en": "Something went wrong."},
 }
+
+# The memory (summary and pinned facts), shown the same way on every surface.
+MEMORY: dict[str, dict[str, str]] = {
+    "title": {"ko": "기억", "en": "Memory"},
+    "summary": {"ko": "요약", "en": "Summary"},
+    "no_summary": {"ko": "아직 요약이 없어요. 대화가 길어지면 오래된 내용을 요약해 둘게요.",
+                   "en": "No summary yet. When the conversation gets long, I summarise what scrolls out."},
+    "covers": {"ko": "메시지 {messages}개를 요약했어요.", "en": "Covers {messages} earlier message(s)."},
+    "pins": {"ko": "고정한 내용", "en": "Pinned facts"},
+    "no_pins": {"ko": "고정한 내용이 없어요.", "en": "Nothing is pinned."},
+    "pinned": {"ko": "{n}번으로 고정했어요: {text}", "en": "Pinned as #{n}: {text}"},
+    "unpinned": {"ko": "고정을 해제했어요: {text}", "en": "Unpinned: {text}"},
+    "forgot": {"ko": "요약과 고정한 내용을 지웠어요. 메시지 기록은 그대로 저장되어 있어요.",
+               "en": "I cleared the summary and the pinned facts. The messages themselves are still stored."},
+    "edited": {"ko": "요약을 고쳤어요.", "en": "Summary updated."},
+    "edit_title": {"ko": "대화 요약 고치기", "en": "Edit the conversation summary"},
+}
+
+
+def memory_text(memory: dict, lang: str, limit: int = 4000) -> str:
+    """The summary and the numbered pinned facts as one plain message of at most ``limit`` characters."""
+    summary = memory["summary"]
+    pins = memory["pins"]
+    lines = [f"{text(MEMORY, 'summary', lang)}:"]
+    if summary and summary["text"].strip():
+        lines.append(summary["text"].strip())
+        if (summary.get("covers") or {}).get("messages"):
+            lines.append(f"({text(MEMORY, 'covers', lang, messages=summary['covers']['messages'])})")
+    else:
+        lines.append(text(MEMORY, "no_summary", lang))
+    lines += ["", f"{text(MEMORY, 'pins', lang)}:"]
+    lines += [f"{p['n']}. {p['text']}" for p in pins] or [text(MEMORY, "no_pins", lang)]
+    out = "\n".join(lines)
+    return out if len(out) <= limit else out[: limit - 1] + "…"
 
 
 def pick_lang(*candidates: str | None, default: str = "ko") -> str:

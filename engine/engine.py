@@ -57,6 +57,7 @@ class Reply:
     cancel: threading.Event = field(default_factory=threading.Event)
     stop_reason: str | None = None    # "user" (/stop), "shutdown"; None while not stopped
     prompt: str = ""                  # the rendered prompt, for tests and debugging
+    prompt_s: float = 0.0             # reading the memory, storing the message, building and fitting the prompt
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self.engine._run(self)
@@ -281,6 +282,7 @@ class Engine:
                         yield done["content"]
                         return
                 await self.store.touch_user(turn.speaker.id, turn.speaker.name, turn.speaker.lang)
+            t_prompt = time.perf_counter()
             recall = await self.memory.recall(reply.conversation_id) if turn.remember else None
             history, docs = await self._history(reply, card, recall)
             if turn.remember:
@@ -293,6 +295,7 @@ class Engine:
             messages = fit(parts, model.count, budget)
             dropped = self.memory.out_of_window(docs, history, messages)
             prompt = reply.prompt = model.backend.render(messages)
+            reply.prompt_s = time.perf_counter() - t_prompt
             cleaner = StreamCleaner(model.cfg.clean, sampling.stop, card.name if card else "")
             reply.status = "queued"
             self.metrics.queue_depth(model.role, model.queue.depth + 1)

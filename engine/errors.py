@@ -82,6 +82,11 @@ class PinRejected(EngineError):
     """A fact to pin is empty, longer than memory.pin_chars, or would exceed memory.pin_tokens."""
     code = "pin_rejected"
     http_status = 422
+    CODES = {"empty": "pin_empty", "too_long": "pin_too_long", "full": "pins_full"}
+
+    def __init__(self, detail: str = "", *, reason: str, **info):
+        super().__init__(detail, reason=reason, **info)
+        self.code = self.CODES[reason]
 
 
 class UnknownPin(EngineError):

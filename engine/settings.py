@@ -219,6 +219,7 @@ class Memory(Strict):
     summarize_model: Literal["chat", "roleplay"] = "chat"   # roleplay: a roleplay conversation uses its own model
     trigger: int = Field(128, ge=1)                   # summarise once the messages out of the window reach N tokens
     max_folds: int = Field(4, ge=1, le=64)            # summariser requests per background job
+    idle_s: float = Field(1.0, ge=0)                  # a summary starts once its model has had a free slot this long
     timeout_s: float = Field(120.0, gt=0)             # one summariser request
     temperature: float = Field(0.3, ge=0.0, le=5.0)
     prompt: Localized = Localized(

@@ -191,9 +191,19 @@ class Summarizer:
         return written
 
     async def _wait_for_room(self, queue: ModelQueue, deadline: float) -> None:
-        # ModelQueue has no priority lane; a fold simply waits until a reply would not have to wait behind it.
-        while not queue.has_room:
-            if time.monotonic() > deadline:
+        """Until a slot has been free for ``memory.idle_s``: a reply never waits behind a fold, and a fold
+        does not start (and waste a prefill that cannot be interrupted) while a user is still writing."""
+        # ModelQueue has no priority lane, so this looks at it rather than waiting on it.
+        free_since = None
+        while True:
+            now = time.monotonic()
+            if not queue.has_room:
+                free_since = None
+            elif free_since is None:
+                free_since = now
+            if free_since is not None and now - free_since >= self.cfg.idle_s:
+                return
+            if now > deadline:
                 raise Preempted("the model stayed busy")
             await asyncio.sleep(ROOM_POLL_S)
 

@@ -73,7 +73,7 @@ class Script:
 
 def scripted(store: Store, backend: Script, **memory) -> Engine:
     """The real Engine and store on a scripted model; a summary is due once two turns have left the window."""
-    config = make_config({"memory": {"trigger": 64, **memory}})
+    config = make_config({"memory": {"trigger": 64, "idle_s": 0.05, **memory}})
     model = Engine.make_model("chat", config.models.chat, backend)
     return Engine(models={"chat": model, "roleplay": model}, store=store, limits=config.limits,
                   cards_cfg=config.cards, memory_cfg=config.memory)

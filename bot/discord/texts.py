@@ -25,6 +25,15 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
     "lang.code": {"en": "Language", "ko": "언어"},
     "lang.ko": {"en": "Korean (한국어)", "ko": "한국어"},
     "lang.en": {"en": "English", "ko": "영어 (English)"},
+    "memory": {"en": "What I remember of our conversation here", "ko": "여기서 나눈 대화에 대해 기억하는 것"},
+    "memory.show": {"en": "Show the summary and the pinned facts", "ko": "요약과 고정한 내용을 보여줘요"},
+    "memory.pin": {"en": "Pin a fact I should always remember", "ko": "항상 기억할 내용을 고정해요"},
+    "memory.pin.text": {"en": "The fact, e.g. My name is Ana", "ko": "고정할 내용 (예: 내 이름은 아나야)"},
+    "memory.unpin": {"en": "Unpin a fact by its number", "ko": "번호로 고정을 해제해요"},
+    "memory.unpin.n": {"en": "The number shown by /memory show", "ko": "/memory show 에 보이는 번호"},
+    "memory.forget": {"en": "Clear the summary and the pinned facts (messages stay stored)",
+                      "ko": "요약과 고정한 내용을 지워요 (메시지 기록은 남아요)"},
+    "memory.edit": {"en": "Edit the summary", "ko": "요약을 고쳐요"},
 }
 
 TEXTS: dict[str, dict[str, str]] = {
@@ -60,6 +69,7 @@ TEXTS: dict[str, dict[str, str]] = {
               "`/roleplay character message` 캐릭터와 대화\n"
               "`/character list|info|use|import` 캐릭터 목록, 카드 보기, 선택, 가져오기(관리자)\n"
               "`/reset` 새 대화 · `/stop` 답변 멈추기 · `/lang` 언어 선택\n"
+              "`/memory show|pin|unpin|forget|edit` 기억(요약, 고정한 내용) 보기와 고치기\n"
               "저를 멘션하거나 DM을 보내도 대화할 수 있어요. 스레드는 따로 대화를 기억하고, "
               "제 답변에 답장하면 그 대화가 이어져요.",
         "en": "**How to use me**\n"
@@ -67,6 +77,7 @@ TEXTS: dict[str, dict[str, str]] = {
               "`/roleplay character message` talk with a character\n"
               "`/character list|info|use|import` list, show, pick, import (admins) characters\n"
               "`/reset` new conversation · `/stop` stop my reply · `/lang` language\n"
+              "`/memory show|pin|unpin|forget|edit` see and change what I remember (summary, pinned facts)\n"
               "You can also mention me or DM me. A thread keeps its own conversation, and replying "
               "to one of my messages continues that conversation.",
     },

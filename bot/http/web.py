@@ -1,4 +1,5 @@
-"""The web chat page at / and its key-less session API under /web/ (characters, history, chat, stop, reset)."""
+"""The web chat page at / and its key-less session API under /web/ (characters, history, chat, stop, reset,
+memory)."""
 from __future__ import annotations
 
 import random
@@ -42,6 +43,14 @@ class TargetBody(SessionBody):
 
 class ChatBody(TargetBody):
     text: StrictStr = Field(min_length=1)
+
+
+class PinBody(TargetBody):
+    text: StrictStr = Field(min_length=1)
+
+
+class UnpinBody(TargetBody):
+    n: int = Field(ge=1)
 
 
 def _character(engine: Engine, target: str):
@@ -135,6 +144,49 @@ async def reset(request: web.Request) -> web.Response:
     return web.json_response({"reset": True})
 
 
+async def _memory_answer(request: web.Request, body: TargetBody, act) -> web.Response:
+    """Run ``act(engine, conversation id, turn)`` on the session's conversation; its memory afterwards.
+
+    A refusal (no room for a pin, an unknown number) is a plain error in the browser's language.
+    """
+    engine = ctx_of(request).engine
+    turn = _turn(request, body)
+    conv = await engine.conversation_for(turn)
+    try:
+        await act(engine, conv, turn)
+    except EngineError as e:
+        return json_error(e.http_status if 400 <= e.http_status < 600 else 500, describe(e, turn.speaker.lang))
+    return web.json_response(await engine.memory_of(conv))
+
+
+async def memory(request: web.Request) -> web.Response:
+    async def nothing(engine, conv, turn) -> None:
+        return None
+    return await _memory_answer(request, _query_body(request), nothing)
+
+
+async def memory_pin(request: web.Request) -> web.Response:
+    body = await parse_body(request, PinBody)
+
+    async def pin(engine, conv, turn) -> None:
+        await engine.pin_fact(conv, body.text, by=turn.speaker.id)
+    return await _memory_answer(request, body, pin)
+
+
+async def memory_unpin(request: web.Request) -> web.Response:
+    body = await parse_body(request, UnpinBody)
+
+    async def unpin(engine, conv, turn) -> None:
+        await engine.unpin_fact(conv, body.n)
+    return await _memory_answer(request, body, unpin)
+
+
+async def memory_forget(request: web.Request) -> web.Response:
+    async def forget(engine, conv, turn) -> None:
+        await engine.forget(conv, by=turn.speaker.id)
+    return await _memory_answer(request, await parse_body(request, TargetBody), forget)
+
+
 def setup(app: web.Application) -> None:
     app.router.add_get("/", page)
     app.router.add_get("/favicon.ico", favicon)
@@ -145,3 +197,7 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/web/api/chat", chat)
     app.router.add_post("/web/api/stop", stop)
     app.router.add_post("/web/api/reset", reset)
+    app.router.add_get("/web/api/memory", memory)
+    app.router.add_post("/web/api/memory/pin", memory_pin)
+    app.router.add_post("/web/api/memory/unpin", memory_unpin)
+    app.router.add_post("/web/api/memory/forget", memory_forget)

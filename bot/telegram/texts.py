@@ -5,10 +5,14 @@ from __future__ import annotations
 COMMANDS: dict[str, list[tuple[str, str]]] = {
     "ko": [("start", "봇 소개"), ("help", "도움말"), ("chat", "일반 대화: /chat 메시지"),
            ("characters", "캐릭터 목록"), ("character", "캐릭터 선택: /character 이름"),
-           ("reset", "새 대화 시작"), ("stop", "답변 멈추기"), ("lang", "언어 설정: /lang ko|en")],
+           ("reset", "새 대화 시작"), ("stop", "답변 멈추기"), ("lang", "언어 설정: /lang ko|en"),
+           ("memory", "기억 보기 (요약, 고정한 내용)"), ("pin", "항상 기억할 내용: /pin 내용"),
+           ("unpin", "고정 해제: /unpin 번호"), ("forget", "요약과 고정한 내용 지우기")],
     "en": [("start", "What this bot does"), ("help", "Help"), ("chat", "Plain chat: /chat message"),
            ("characters", "List the characters"), ("character", "Pick a character: /character name"),
-           ("reset", "Start a new conversation"), ("stop", "Stop the reply"), ("lang", "Language: /lang ko|en")],
+           ("reset", "Start a new conversation"), ("stop", "Stop the reply"), ("lang", "Language: /lang ko|en"),
+           ("memory", "What I remember (summary, pinned facts)"), ("pin", "Always remember: /pin fact"),
+           ("unpin", "Unpin: /unpin number"), ("forget", "Clear the summary and pinned facts")],
 }
 
 TEXTS: dict[str, dict[str, str]] = {
@@ -21,10 +25,12 @@ TEXTS: dict[str, dict[str, str]] = {
     "help": {
         "ko": "명령어:\n/chat 메시지 — 일반 대화\n/characters — 캐릭터 목록\n/character 이름 — 캐릭터 선택 "
               "(/character off 로 해제)\n/reset — 새 대화 시작\n/stop — 답변 멈추기\n/lang ko|en — 언어 설정\n"
+              "/memory — 기억 보기 · /pin 내용 — 고정 · /unpin 번호 — 고정 해제 · /forget — 기억 지우기\n"
               "그룹에서는 저를 멘션하거나 제 메시지에 답장하면 대답해요.",
         "en": "Commands:\n/chat message — plain chat\n/characters — list the characters\n/character name — "
               "pick a character (/character off to leave it)\n/reset — start a new conversation\n/stop — stop the "
-              "reply\n/lang ko|en — language\nIn groups, mention me or reply to my message.",
+              "reply\n/lang ko|en — language\n/memory — what I remember · /pin fact · /unpin number · "
+              "/forget — clear the memory\nIn groups, mention me or reply to my message.",
     },
     "chat_usage": {"ko": "사용법: /chat 메시지", "en": "Usage: /chat message"},
     "no_characters": {"ko": "아직 캐릭터가 없어요.", "en": "There are no characters yet."},
@@ -53,5 +59,8 @@ TEXTS: dict[str, dict[str, str]] = {
     "import_bad": {"ko": "카드를 읽을 수 없어요 ({code}): {message}",
                    "en": "The card cannot be read ({code}): {message}"},
     "import_ok": {"ko": "'{name}' 캐릭터를 추가했어요.", "en": "Added the character '{name}'."},
+    "pin_usage": {"ko": "사용법: /pin 항상 기억할 내용", "en": "Usage: /pin a fact to always remember"},
+    "unpin_usage": {"ko": "사용법: /unpin 번호 (/memory 에 보이는 번호)",
+                    "en": "Usage: /unpin number (as /memory shows it)"},
     "internal": {"ko": "알 수 없는 오류가 발생했어요.", "en": "Something went wrong."},
 }
