@@ -98,6 +98,12 @@ async def say(eng: Engine, uid: str, i: int, settle: bool = True, **kw):
     return reply
 
 
+async def summarised(eng: Engine, uid: str, turns: int = 11) -> str:
+    """A conversation long enough to have a summary; its id."""
+    replies = [await say(eng, uid, i) for i in range(1, turns + 1)]
+    return replies[0].conversation_id
+
+
 # --- the rolling summary -------------------------------------------------------------------------
 
 async def test_summary_is_written_when_the_window_overflows_and_the_next_prompt_has_it(store, speaker_id):
@@ -222,8 +228,7 @@ async def test_pin_limits_and_unpin(store, speaker_id):
 async def test_forget_clears_summary_and_pins_and_keeps_the_messages(store, speaker_id):
     eng = scripted(store, Script())
     try:
-        replies = [await say(eng, speaker_id, i) for i in range(1, 12)]
-        conv = replies[0].conversation_id
+        conv = await summarised(eng, speaker_id)
         await eng.pin_fact(conv, "Ana likes plums.", by=speaker_id)
         memory = await eng.memory_of(conv)
         assert memory["summary"]["text"] and memory["pins"]
@@ -243,8 +248,7 @@ async def test_forget_clears_summary_and_pins_and_keeps_the_messages(store, spea
 async def test_edited_summary_is_used_and_keeps_what_it_covers(store, speaker_id):
     eng = scripted(store, Script())
     try:
-        replies = [await say(eng, speaker_id, i) for i in range(1, 12)]
-        conv = replies[0].conversation_id
+        conv = await summarised(eng, speaker_id)
         old = (await eng.memory_of(conv))["summary"]
         new = await eng.edit_summary(conv, "Ana is a sailor from Busan.", by=speaker_id)
         assert new["summary"]["text"] == "Ana is a sailor from Busan." and new["summary"]["by"] == speaker_id
@@ -259,8 +263,7 @@ async def test_summary_and_pins_survive_a_restart(mongo_uri, speaker_id):
     store = Store(mongo_uri, db)
     await store.start()
     eng = scripted(store, Script())
-    replies = [await say(eng, speaker_id, i) for i in range(1, 12)]
-    conv = replies[0].conversation_id
+    conv = await summarised(eng, speaker_id)
     await eng.pin_fact(conv, "The password is Frumious.", by=speaker_id)
     summary = (await eng.memory_of(conv))["summary"]["text"]
     await eng.close(grace_s=1)
