@@ -12,7 +12,8 @@ from bot.config import Loaded, load
 from bot.http.context import HttpContext
 from bot.http.metrics import Metrics
 from bot.http.server import HttpServer
-from engine.engine import Engine, build_engine
+from engine.api import EngineAPI
+from engine.engine import build_engine
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +33,15 @@ PLATFORMS = [
 
 
 class App:
+    """The running bot: the engine, its HTTP sidecar and the platform adapters configured on; stopped in reverse."""
+
     def __init__(self, loaded: Loaded, data_dir: Path, http_host: str | None = None, http_port: int | None = None):
         self.loaded = loaded
         self.data_dir = data_dir
         self.http_host = http_host or loaded.config.http.host
         self.http_port = loaded.config.http.port if http_port is None else http_port
         self.metrics = Metrics()
-        self.engine: Engine | None = None
+        self.engine: EngineAPI | None = None
         self.http: HttpServer | None = None
         self.surfaces: list[Surface] = []
         self.stopping = asyncio.Event()
@@ -57,8 +60,8 @@ class App:
             config_file=self.loaded.path, env=secrets.env, memory_cfg=cfg.memory,
         )
         if cfg.cards.reload:
-            self.tasks.append(asyncio.create_task(self.engine.characters.watch(self._reload_characters)))
-        self.metrics.describe_models({role: m.backend.info() for role, m in self.engine.models.items()})
+            self.tasks.append(asyncio.create_task(self.engine.watch_characters(self._reload_characters)))
+        self.metrics.describe_models(self.engine.model_info())
         if secrets.api_key is None:
             log.warning("BOT_API_KEY is not set: the HTTP API answers 401 except /health and /metrics")
         self.http = HttpServer(HttpContext(self.engine, cfg, secrets, self.metrics), self.http_host, self.http_port)

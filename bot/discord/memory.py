@@ -8,12 +8,13 @@ from discord import app_commands
 
 from bot.discord.conversation import speaker_of
 from bot.discord.translator import desc
-from bot.i18n import MEMORY, describe, memory_text, text
+from bot.i18n import describe, memory_text, section, text
 
 if TYPE_CHECKING:
     from bot.discord.commands import Commands
 
 SUMMARY_INPUT_CHARS = 4000      # Discord's limit for a text input
+MEMORY = section("memory")
 
 
 class SummaryModal(discord.ui.Modal):

@@ -3,20 +3,21 @@ from __future__ import annotations
 
 from typing import Awaitable, Callable
 
-from bot.i18n import MEMORY, describe, memory_text, text
+from bot.i18n import describe, memory_text, section, text
 from bot.telegram.characters import Characters
 from bot.telegram.context import Replier, Where
-from engine.engine import Engine
+from engine.api import EngineAPI
 from engine.errors import EngineError
 from engine.types import Turn
 
 MESSAGE_CHARS = 4096
+MEMORY = section("memory")
 
 
 class MemoryCommands:
     """Each command acts on the conversation a message here would continue (with the active character, if any)."""
 
-    def __init__(self, engine: Engine, characters: Characters):
+    def __init__(self, engine: EngineAPI, characters: Characters):
         self.engine, self.characters = engine, characters
 
     def handlers(self) -> dict[str, Callable[..., Awaitable[None]]]:
@@ -26,7 +27,7 @@ class MemoryCommands:
         character = await self.characters.current(where)
         mode = "roleplay" if character else "chat"
         if where.shared:
-            return await self.engine.store.active_conversation(where.owner, where.scope, mode, character)
+            return await self.engine.active_conversation(where.owner, where.scope, mode, character)
         return await self.engine.conversation_for(Turn(speaker=where.speaker, scope=where.scope, text="", mode=mode,
                                                        character=character))
 

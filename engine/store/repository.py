@@ -1,7 +1,7 @@
 """Every read and write the bot makes to MongoDB, through PyMongo's AsyncMongoClient.
 
 Queries stay within what both real MongoDB and the embedded nx-27017 server do
-correctly (FACTS.md): string ids, one document per message, no $push, no
+correctly (docs/embedded-store.md): string ids, one document per message, no $push, no
 ObjectId equality on other fields, explicit index names, string states
 instead of booleans in filters.
 """
@@ -58,6 +58,12 @@ def _guard(fn):
 
 
 class Store:
+    """The engine's MongoDB repository: conversations, messages, preferences, links, characters, journals.
+
+    Only the engine holds it; surfaces reach it through the EngineAPI (engine/api.py).
+    Durable writes survive a database outage in an in-memory outbox retried with back-off.
+    """
+
     def __init__(self, uri: str, default_db: str, server_selection_timeout_ms: int = 3000):
         # The user's URI is passed untouched: replicaSet, TLS, authSource and the rest are the driver's.
         self.client: AsyncMongoClient = AsyncMongoClient(
