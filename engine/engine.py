@@ -582,7 +582,8 @@ async def build_engine(*, models_cfg, mongo_cfg, limits, cards_cfg, character_en
         on_close.append(server.stop)
         mongo_uri = server.uri
     try:
-        store = Store(mongo_uri, mongo_cfg.database, mongo_cfg.server_selection_timeout_ms)
+        store = Store(mongo_uri, mongo_cfg.database, mongo_cfg.server_selection_timeout_ms,
+                      outbox_path=data_dir / f"outbox-{mongo_cfg.database}.jsonl")
         await store.start()
         models: dict[str, Model] = {}
         for role in ("chat", "roleplay"):
