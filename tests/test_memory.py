@@ -19,6 +19,8 @@ from engine.store.repository import Store
 from engine.types import Speaker, Turn
 
 N_CTX = 512
+STORY = (" We left the harbour at dawn, passed the lighthouse and the three islands, and camped on the"
+         " beach where the old fishermen dry their nets in the sun.")
 WORD = re.compile(r"quib\d\d")
 
 
@@ -313,7 +315,10 @@ async def test_real_model_summary_and_pins_over_http(engine):
     from bot.http.metrics import Metrics
     from bot.http.server import HttpServer
 
-    config = make_config({"models": {"chat": {"n_ctx": N_CTX}}})
+    # Short replies and one fold of a short summary keep the real model's work small; long user messages
+    # make turn 1 leave the 512-token window well before turn 12.
+    config = make_config({"models": {"chat": {"n_ctx": N_CTX, "max_new_tokens": {"policy": "fixed", "fixed": 8}}},
+                          "memory": {"summary_tokens": 64, "max_folds": 1}})
     chat = Engine.make_model("chat", config.models.chat, SmallWindow(engine.models["chat"].backend))
     eng = Engine(models={"chat": chat, "roleplay": engine.models["roleplay"]}, store=engine.store,
                  limits=config.limits, cards_cfg=config.cards, memory_cfg=config.memory)
@@ -323,7 +328,7 @@ async def test_real_model_summary_and_pins_over_http(engine):
     try:
         async with aiohttp.ClientSession(headers={"X-API-Key": API_KEY}) as s:
             for i in range(1, 13):
-                r = await s.post(base + "/Llama_stream", json={"input_data": said(i), "session": session})
+                r = await s.post(base + "/Llama_stream", json={"input_data": said(i) + STORY, "session": session})
                 assert r.status == 200 and (await r.text()).strip()
                 if i == 1:
                     r = await s.post(base + f"/conversations/{session}/pins",
@@ -333,7 +338,7 @@ async def test_real_model_summary_and_pins_over_http(engine):
             r = await s.get(base + f"/conversations/{session}?limit=1000")
             conv = await r.json()
         turn1 = conv["messages"][0]
-        assert turn1["content"] == said(1)
+        assert turn1["content"] == said(1) + STORY
         summary = conv["summary"]
         assert summary and summary["text"].strip(), eng.memory.summarizer.counts
         assert summary["covers"]["from_id"] == turn1["id"] and summary["covers"]["from_ts"] <= turn1["ts"]
