@@ -209,8 +209,8 @@ class Summarizer:
 
     async def _generate(self, req: FoldRequest, prompt: str) -> str:
         cfg, model = self.cfg, req.writer
-        deadline = time.monotonic() + cfg.timeout_s
-        await self._wait_for_room(model.queue, deadline)
+        # Waiting for a free slot and writing are bounded apart: a long wait must not eat the writing time.
+        await self._wait_for_room(model.queue, time.monotonic() + cfg.timeout_s)
         stop = tuple(s for s in model.cfg.stop if "{{" not in s)
         sampling = Sampling(max_new_tokens=req.budget, temperature=cfg.temperature, top_p=0.9, top_k=40,
                             repetition_penalty=1.1, stop=stop, seed=model.cfg.seed)
@@ -218,7 +218,7 @@ class Summarizer:
         cleaner = StreamCleaner(model.cfg.clean, stop)
         text = ""
         try:
-            async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
+            async with asyncio.timeout(cfg.timeout_s):
                 async for raw in model.queue.stream(prompt, sampling, running.cancel, Stats()):
                     text += cleaner.feed(raw)
                     if model.queue.waiting:       # a reply queued behind this fold: give the slot back

@@ -309,7 +309,7 @@ class SmallWindow:
         return getattr(self.backend, name)
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1800)          # a minute on an idle 2-core machine; much longer on a loaded one
 async def test_real_model_summary_and_pins_over_http(engine):
     from bot.http.context import HttpContext
     from bot.http.metrics import Metrics
@@ -318,7 +318,7 @@ async def test_real_model_summary_and_pins_over_http(engine):
     # Short replies and one fold of a short summary keep the real model's work small; long user messages
     # make turn 1 leave the 512-token window well before turn 12.
     config = make_config({"models": {"chat": {"n_ctx": N_CTX, "max_new_tokens": {"policy": "fixed", "fixed": 8}}},
-                          "memory": {"summary_tokens": 64, "max_folds": 1}})
+                          "memory": {"summary_tokens": 64, "max_folds": 1, "timeout_s": 600}})
     chat = Engine.make_model("chat", config.models.chat, SmallWindow(engine.models["chat"].backend))
     eng = Engine(models={"chat": chat, "roleplay": engine.models["roleplay"]}, store=engine.store,
                  limits=config.limits, cards_cfg=config.cards, memory_cfg=config.memory)
