@@ -56,13 +56,13 @@ def load_backend(role: str, cfg, base_dir: Path, cache_dir: Path,
     """Load one model (blocking; call it in a thread); ``env`` holds secrets such as a server's API key."""
     try:
         if isinstance(cfg, LlamaCppModel):
-            from engine.backends.llamacpp_backend import LlamaCppGenerator
+            from engine.backends.llamacpp_backend import make_llamacpp
 
             path = resolve_model_path(cfg.model_path, base_dir)
             if not path.is_file():
                 raise ModelLoadError(f"models.{role}.model_path: no such file: {path}")
             check_sha256(role, path, cfg.sha256)
-            return LlamaCppGenerator(cfg, path)
+            return make_llamacpp(cfg, path)
         if isinstance(cfg, TransformersModel):
             from engine.backends.hf_loading import model_file
             from engine.backends.transformers_backend import TransformersGenerator

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import signal
 import socket
 import subprocess
@@ -11,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from botproc import database_pid, fast_config, gone, start_bot, start_orphan, stop_bot, wait_health
+from botproc import bot_log, database_pid, fast_config, gone, start_bot, start_orphan, stop_bot, wait_health
 from conftest import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -101,12 +103,10 @@ async def test_killing_the_database_mid_conversation_loses_nothing(bot):
         assert [text for role, text in history if role == "user"] == said
         assert [role for role, _ in history] == ["user", "assistant"] * 3
         assert all(text.strip() for _, text in history)
-    assert "restarting it on port" in (bot.data.parent / "data-bot.log").read_text()
+    assert "restarting it on port" in bot_log(bot.data)
 
 
 def bot_kill(pid: int) -> None:
-    import os
-
     os.kill(pid, signal.SIGKILL)
 
 
@@ -128,7 +128,11 @@ async def test_sigterm_with_replies_in_flight_meets_the_grace(bot):
     took = time.monotonic() - started
     await asyncio.gather(*calls)
     assert code == 0
-    assert took < 10 + 5, f"shutdown took {took:.1f}s against a 10 s grace"
+    # The front ends let go at the grace; the engine then stops models and the database (a few seconds
+    # here, more on a loaded 2-core machine, where one decoding step can take a second).
+    front = re.search(r"front ends stopped after ([\d.]+)s", bot_log(bot.data))
+    assert front and float(front.group(1)) < 10 + 1, bot_log(bot.data)[-2000:]
+    assert took < 10 + 15, f"shutdown took {took:.1f}s against a 10 s grace"
 
 
 async def test_half_sent_requests_are_cut_off(bot):
