@@ -168,6 +168,29 @@ async def test_a_reply_takes_the_model_from_a_summary_being_written(store, speak
         await shut(eng)
 
 
+async def test_with_a_batching_backend_the_summary_takes_a_free_slot_beside_the_reply(store, speaker_id):
+    backend = Script(fold_delay=0.05)
+    backend.max_concurrent = 2                 # a batch of two: the reply joins the summary rather than waiting
+    eng = scripted(store, backend)
+    summarizer = eng.memory.summarizer
+    try:
+        for i in range(1, 20):
+            reply = await say(eng, speaker_id, i, settle=False)
+            if summarizer._jobs:
+                break
+        t0 = time.monotonic()
+        while not summarizer._running and time.monotonic() - t0 < 10:
+            await asyncio.sleep(0.01)
+        assert summarizer._running, "the summary never reached the model"
+        during = await say(eng, speaker_id, 40, settle=False)
+        assert during.status == "done" and summarizer._running           # the summary goes on meanwhile
+        await summarizer.settle(30)
+        assert summarizer.counts["preempted"] == 0 and summarizer.counts["written"] >= 1
+        assert await store.latest_summary(reply.conversation_id)
+    finally:
+        await shut(eng)
+
+
 @pytest.mark.parametrize("failure", ["fail", "empty"])
 async def test_a_failing_summariser_leaves_the_previous_summary(store, speaker_id, failure):
     backend = Script()
