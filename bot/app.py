@@ -48,7 +48,7 @@ async def start_engine(loaded: Loaded, data_dir: Path, *, mongo_uri: str | None,
         models_cfg=cfg.models, mongo_cfg=cfg.mongo, limits=cfg.limits, cards_cfg=cfg.cards,
         character_entries=cfg.characters, mongo_uri=mongo_uri, data_dir=data_dir,
         base_dir=loaded.base_dir, cache_dir=loaded.base_dir / "ai_model", metrics=metrics,
-        config_file=loaded.path, env=loaded.secrets.env,
+        config_file=loaded.path, env=loaded.secrets.env, memory_cfg=cfg.memory,
     )
 
 

@@ -14,7 +14,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from bot.discord.config import DiscordConfig
 from bot.telegram.config import TelegramConfig
-from engine.settings import Cards, CharacterEntry, Language, Limits, Models, Mongo, Strict
+from engine.settings import Cards, CharacterEntry, Language, Limits, Memory, Models, Mongo, Strict
 
 
 class HttpConfig(Strict):
@@ -62,6 +62,7 @@ class AppConfig(Strict):
     mongo: Mongo = Mongo()
     http: HttpConfig = HttpConfig()
     limits: Limits = Limits()
+    memory: Memory = Memory()
     cards: Cards = Cards()
     characters: tuple[CharacterEntry, ...] = ()
     discord: DiscordConfig = DiscordConfig()

@@ -1,8 +1,9 @@
 """User-facing texts from one catalog (bot/locales/<lang>.json, one file a language), and a user's language.
 
 Each file has the same sections: ``errors`` (engine error codes, every
-surface), ``discord`` and ``discord.commands`` (slash-command descriptions),
-``telegram`` and ``telegram.menu`` (the command menu). A third language is
+surface), ``memory`` (the summary and pinned facts, every surface), ``discord``
+and ``discord.commands`` (slash-command descriptions), ``telegram`` and
+``telegram.menu`` (the command menu). A third language is
 one more file with the same keys; a key missing there falls back to English.
 """
 from __future__ import annotations
@@ -70,3 +71,20 @@ def describe(error: Exception, lang: str) -> str:
     code = error.code if isinstance(error, EngineError) else "internal"
     info = error.info if isinstance(error, EngineError) else {}
     return text(errors, code if code in errors else "internal", lang, **info)
+
+
+def memory_text(memory: dict, lang: str, limit: int = 4000) -> str:
+    """The summary and the numbered pinned facts (``EngineAPI.memory_of``) as one message of at most ``limit`` chars."""
+    texts = section("memory")
+    summary, pins = memory["summary"], memory["pins"]
+    lines = [f"{text(texts, 'summary', lang)}:"]
+    if summary and summary["text"].strip():
+        lines.append(summary["text"].strip())
+        if (summary.get("covers") or {}).get("messages"):
+            lines.append(f"({text(texts, 'covers', lang, messages=summary['covers']['messages'])})")
+    else:
+        lines.append(text(texts, "no_summary", lang))
+    lines += ["", f"{text(texts, 'pins', lang)}:"]
+    lines += [f"{p['n']}. {p['text']}" for p in pins] or [text(texts, "no_pins", lang)]
+    out = "\n".join(lines)
+    return out if len(out) <= limit else out[: limit - 1] + "…"

@@ -20,9 +20,11 @@ from engine.cleaning import StreamCleaner
 from engine.complexity import Classifier, make_classifier, max_new_tokens
 from engine.errors import (BeamSearchUnavailable, EmptyReply, EngineError, GenerationCancelled, InputTooLong,
                            RateLimitedUser, UnknownCharacter, UserBusy)
+from engine.memory import ConversationMemory, Recall
 from engine.observe import EngineMetrics, NoMetrics
 from engine.prompts import PromptParts, fit
 from engine.scheduler import ModelQueue, Stats
+from engine.settings import Memory
 from engine.store.journal import Journal
 from engine.store.repository import Store
 from engine.types import Turn
@@ -58,6 +60,8 @@ class Reply:
     halt: threading.Event = field(default_factory=threading.Event)   # seen by the generating thread
     stop_reason: str | None = None    # "user" (/stop), "shutdown"; None while not stopped
     prompt: str = ""                  # the rendered prompt, for tests and debugging
+    prompt_s: float = 0.0             # reading the memory, storing the message, building and fitting the prompt
+    out_of_window: list[dict] = field(default_factory=list)   # stored messages the prompt left out
     _started: bool = False
 
     def __aiter__(self) -> AsyncIterator[str]:
@@ -158,9 +162,10 @@ class Engine:
     """
 
     def __init__(self, *, models: dict[str, Model], store: Store, limits, cards_cfg, characters=None,
-                 metrics: EngineMetrics | None = None, on_close=()):
+                 metrics: EngineMetrics | None = None, on_close=(), memory_cfg: Memory | None = None):
         self.models = models
         self.store = store
+        self.memory = ConversationMemory(memory_cfg or Memory(), store)
         self.limits = limits
         self.cards_cfg = cards_cfg
         self.registry: CharacterRegistry | None = characters
@@ -224,6 +229,35 @@ class Engine:
 
     async def linked_conversation(self, key: str) -> str | None:
         return await self.store.linked(key)
+
+    # memory beyond the window: summary and pinned facts -----------------------------------------
+
+    async def memory_of(self, conversation_id: str) -> dict:
+        """``{"summary": {"text", "revision", "by", "ts", "covers"} | None, "pins": [{"n", "id", "text", "ts"}]}``."""
+        return await self.memory.show(conversation_id)
+
+    async def pin_fact(self, conversation_id: str, text: str, by: str) -> dict:
+        """Pin a fact to every prompt of the conversation (PinRejected: empty, too long, no room); the memory."""
+        return await self.memory.pin(conversation_id, text, by, await self._model_of_conversation(conversation_id))
+
+    async def unpin_fact(self, conversation_id: str, n: int) -> str:
+        """Unpin fact number ``n`` (1 = oldest; UnknownPin otherwise); its text."""
+        return await self.memory.unpin(conversation_id, n)
+
+    async def edit_summary(self, conversation_id: str, text: str, by: str) -> dict:
+        """Replace the summary's text (a new revision covering the same messages); the memory."""
+        return await self.memory.edit_summary(conversation_id, text, by)
+
+    async def forget(self, conversation_id: str, by: str) -> None:
+        """Clear the summary and the pins; the messages stay stored."""
+        await self.memory.forget(conversation_id, by)
+
+    async def _model_of_conversation(self, conversation_id: str) -> Model:
+        conv = await self.store.get_conversation(conversation_id) or {}
+        if conv.get("mode") != "roleplay":
+            return self.models["chat"]
+        found = self.registry.character(conv["character"]) if (conv.get("character") and self.registry) else None
+        return self.models[found.model if found else "roleplay"]
 
     # preferences ---------------------------------------------------------------------------------
 
@@ -305,11 +339,13 @@ class Engine:
 
         1. gate: check the input, pick card and model, wait for the user's slot;
         2. replay: a request already answered (same request key) gets that answer;
-        3. remember: note the user, read the memory, store the user's message;
-        4. prompt: sampling settings and the prompt fitted to the context;
-        5. generate: raw pieces from the model's queue;
+        3. remember: note the user, read the memory (summary, pins, the window's messages), store the
+           user's message;
+        4. prompt: sampling settings and the prompt fitted to the context, summary and pins included;
+        5. generate: raw pieces from the model's queue (a summary being written gives way);
         6. clean: stop strings and stray marks removed as pieces stream;
-        7. store: the reply (a partial one too, with its status) is kept.
+        7. store: the reply (a partial one too, with its status) is kept; what the prompt left out is
+           folded into the summary in the background once there is enough of it.
         """
         turn = reply.turn
         card, model = await self._gate(reply)
@@ -322,8 +358,10 @@ class Engine:
                 replayed = True
                 yield done
                 return
-            history = await self._remember(reply, card)
-            prompt, sampling = self._prompt(reply, model, card, history)
+            t_prompt = time.perf_counter()
+            recall, history, docs = await self._remember(reply, card)
+            prompt, sampling = self._prompt(reply, model, card, history, recall, docs)
+            reply.prompt_s = time.perf_counter() - t_prompt
             cleaner = StreamCleaner(model.cfg.clean, sampling.stop, card.name if card else "")
             async for out in self._clean(reply, cleaner, self._generate(reply, model, prompt, sampling)):
                 yield out
@@ -345,6 +383,7 @@ class Engine:
             await self._leave(reply, model, error)
             if turn.remember and reply.conversation_id and reply.text.strip() and not replayed:
                 await self._store(reply, model)
+                self._fold_later(reply, model, card)
 
     async def _gate(self, reply: Reply) -> tuple[object, Model]:
         turn = reply.turn
@@ -382,23 +421,31 @@ class Engine:
         await self.store.touch_user(turn.speaker.id, turn.speaker.name, turn.speaker.lang)
         return None
 
-    async def _remember(self, reply: Reply, card) -> list[dict]:
-        history = await self._history(reply, card)
+    async def _remember(self, reply: Reply, card) -> tuple[Recall | None, list[dict], list[dict]]:
+        """The conversation's summary and pins, the window's candidate messages and their stored documents."""
+        recall = await self.memory.recall(reply.conversation_id) if reply.turn.remember else None
+        history, docs = await self._history(reply, card, recall)
         if reply.turn.remember:
             await self.store.add_message(reply.conversation_id, "user", reply.turn.text,
                                          request_key=reply.turn.request_key)
-        return history
+        return recall, history, docs
 
-    def _prompt(self, reply: Reply, model: Model, card, history: list[dict]) -> tuple[str, Sampling]:
+    def _prompt(self, reply: Reply, model: Model, card, history: list[dict], recall: Recall | None,
+                docs: list[dict]) -> tuple[str, Sampling]:
         sampling = self._sampling(model, reply.turn, card)
         parts = self._parts(model, reply.turn, card, history)
+        if recall:
+            parts.blocks += self.memory.blocks(recall, model, reply.turn.mode)
         budget = model.backend.n_ctx - sampling.max_new_tokens
-        reply.prompt = model.backend.render(fit(parts, model.count, budget))
+        messages = fit(parts, model.count, budget)
+        reply.out_of_window = self.memory.out_of_window(docs, history, messages)
+        reply.prompt = model.backend.render(messages)
         return reply.prompt, sampling
 
     async def _generate(self, reply: Reply, model: Model, prompt: str, sampling: Sampling) -> AsyncIterator[str]:
         reply.status = "queued"
         self.metrics.queue_depth(model.role, model.queue.depth + 1)
+        self.memory.yield_to(model)          # a summary being written gives its slot to this reply
         beams = self._beam_search(model, reply.turn)
         async for raw in model.queue.stream(prompt, sampling, reply.halt, reply.stats,
                                             beams.generate if beams else None):
@@ -426,6 +473,14 @@ class Engine:
         await self.store.add_message(
             reply.conversation_id, "assistant", reply.text, request_key=reply.turn.request_key,
             status=reply.status, meta={"model": model.role}, durable=True)
+
+    def _fold_later(self, reply: Reply, model: Model, card) -> None:
+        """Fold what this prompt left out into the summary, in the background, once there is enough of it."""
+        if reply.status != "done" or not reply.out_of_window:
+            return
+        writer = model if self.memory.cfg.summarize_model == "roleplay" else self.models["chat"]
+        self.memory.after_reply(reply.conversation_id, reply.out_of_window, model, writer, reply.turn.speaker.name,
+                                card.display_name if card else None)
 
     def _card_for(self, turn: Turn):
         if turn.mode != "roleplay":
@@ -481,21 +536,24 @@ class Engine:
         choices = card.greetings()
         return apply_macros(random.choice(choices), card.display_name, turn.speaker.name) if choices else ""
 
-    async def _history(self, reply: Reply, card) -> list[dict]:
-        """Stored memory (or the turn's explicit history); a new roleplay opens with the greeting."""
+    async def _history(self, reply: Reply, card, recall: Recall | None) -> tuple[list[dict], list[dict]]:
+        """The window's candidates: stored messages after the summary's cover (or the turn's explicit history),
+        and the stored documents they came from; a new roleplay opens with the greeting."""
         turn = reply.turn
-        history = list(turn.history or [])
+        history, docs = list(turn.history or []), []
         if turn.remember and turn.history is None:
-            docs = await self.store.recent_messages(reply.conversation_id, self.limits.history_messages)
-            history = [{"role": d["role"], "content": d["content"]} for d in docs if d["role"] in ("user", "assistant")
-                       and not (turn.request_key and d.get("request_key") == turn.request_key)]
-        if card is not None and not history:
+            docs = await self.store.recent_messages(reply.conversation_id, self.limits.history_messages,
+                                                    after_ts=recall.after_ts if recall else None)
+            docs = [d for d in docs if d["role"] in ("user", "assistant")
+                    and not (turn.request_key and d.get("request_key") == turn.request_key)]
+            history = [{"role": d["role"], "content": d["content"]} for d in docs]
+        if card is not None and not history and not (recall and recall.summary):
             greeting = self._greeting(card, turn)
             if greeting:
                 history = [{"role": "assistant", "content": greeting}]
                 if turn.remember:
                     await self.store.add_message(reply.conversation_id, "assistant", greeting, meta={"greeting": True})
-        return history
+        return history, docs
 
     # life cycle ---------------------------------------------------------------------------------
 
@@ -518,6 +576,7 @@ class Engine:
         for r in list(self._replies):
             r.cancel("shutdown")
         await self._until_idle(5.0)
+        await self.memory.close()
         for m in {id(m): m for m in self.models.values()}.values():     # chat and roleplay may share one
             await asyncio.to_thread(m.queue.close)
             m.backend.close()
@@ -528,7 +587,8 @@ class Engine:
 
 async def build_engine(*, models_cfg, mongo_cfg, limits, cards_cfg, character_entries, mongo_uri: str | None,
                        data_dir: Path, base_dir: Path, cache_dir: Path, metrics: EngineMetrics | None = None,
-                       config_file: Path | None = None, env: dict[str, str] | None = None) -> Engine:
+                       config_file: Path | None = None, env: dict[str, str] | None = None,
+                       memory_cfg: Memory | None = None) -> Engine:
     """Start the store (embedded server if no URI), load both models, load the characters."""
     from engine.loading import load_backend
     from engine.store.embedded import EmbeddedMongo
@@ -567,7 +627,7 @@ async def build_engine(*, models_cfg, mongo_cfg, limits, cards_cfg, character_en
             await fn()
         raise
     return Engine(models=models, store=store, limits=limits, cards_cfg=cards_cfg, characters=characters,
-                  metrics=metrics, on_close=on_close)
+                  metrics=metrics, on_close=on_close, memory_cfg=memory_cfg)
 
 
 async def _stored_cards(store: Store) -> list[dict]:

@@ -64,3 +64,25 @@ class BeamSearchUnavailable(EngineError, code="beam_unavailable"):
 
 class RateLimitedUser(EngineError, code="rate_limited"):
     """The user sent more requests per minute than allowed."""
+
+
+class MemoryOff(EngineError, code="memory_off"):
+    """bot.yaml memory.enabled is false: no summaries or pins."""
+
+
+class PinRejected(EngineError, code="pin_rejected"):
+    """A fact to pin is empty, longer than memory.pin_chars, or would exceed memory.pin_tokens.
+
+    ``info['reason']`` is empty | too_long | full, and the code says the same (pin_empty, pin_too_long,
+    pins_full) so each gets its own message.
+    """
+
+    CODES = {"empty": "pin_empty", "too_long": "pin_too_long", "full": "pins_full"}
+
+    def __init__(self, detail: str = "", *, reason: str, **info):
+        super().__init__(detail, reason=reason, **info)
+        self.code = self.CODES[reason]
+
+
+class UnknownPin(EngineError, code="unknown_pin"):
+    """No pinned fact with that number; ``info`` has ``n`` and ``count``."""

@@ -109,3 +109,13 @@ def fit(parts: PromptParts, count: TokenCounter, budget: int) -> list[Message]:
     if kept and parts.history[len(parts.history) - kept]["role"] == "assistant":
         kept -= 1
     return assemble(parts, 0, kept, n_blocks)
+
+
+def clip(text: str, count_tokens: Callable[[str], int], budget: int) -> str:
+    """The longest start of ``text`` (cut at a word where possible) within ``budget`` tokens."""
+    if count_tokens(text) <= budget:
+        return text
+    n = _most(0, len(text), lambda k: count_tokens(text[:k]) <= budget)
+    cut = text[:n]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > n // 2 else cut).rstrip()

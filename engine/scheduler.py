@@ -42,6 +42,11 @@ class ModelQueue:
     def depth(self) -> int:
         return self.waiting + self.running
 
+    @property
+    def has_room(self) -> bool:
+        """A new generation would start at once (nobody waiting, a slot free)."""
+        return self.waiting == 0 and not self._slots.locked()
+
     async def stream(self, prompt: str, sampling: Sampling, cancel: threading.Event, stats: Stats,
                      generate: Callable[..., Finish] | None = None) -> AsyncIterator[str]:
         """Yield raw text pieces; a consumer that stops early (or is cancelled) stops the model.

@@ -229,3 +229,41 @@ class Cards(Strict):
         "You are {{char}} in a never-ending roleplay with {{user}}. Stay in character, "
         "write {{char}}'s next reply only, and never speak for {{user}}."
     )
+
+
+class Localized(Strict):
+    """One text per conversation language."""
+
+    en: str = Field(min_length=1)
+    ko: str = Field(min_length=1)
+
+
+class Memory(Strict):
+    """Memory beyond the context window: a rolling summary of what fell out of it, and pinned facts."""
+
+    enabled: bool = True
+    summary_tokens: int | None = Field(None, ge=16)   # the summary's share of the prompt; None: a quarter of n_ctx
+    pin_tokens: int | None = Field(None, ge=16)       # all pinned facts together; None: an eighth of n_ctx
+    pin_chars: int = Field(300, ge=1, le=4000)        # one pinned fact
+    summarize_model: Literal["chat", "roleplay"] = "chat"   # roleplay: a roleplay conversation uses its own model
+    trigger: int = Field(128, ge=1)                   # summarise once the messages out of the window reach N tokens
+    max_folds: int = Field(4, ge=1, le=64)            # summariser requests per background job
+    idle_s: float = Field(1.0, ge=0)                  # a summary starts once its model has had a free slot this long
+    timeout_s: float = Field(120.0, gt=0)             # one summariser request
+    temperature: float = Field(0.3, ge=0.0, le=5.0)
+    prompt: Localized = Localized(
+        en="You keep the memory of a conversation. Merge the new messages into the summary so far. "
+           "Keep names, facts about the user, decisions and promises; drop small talk. "
+           "Write a short summary in English, in plain sentences, and nothing else.",
+        ko="당신은 대화의 기억을 관리합니다. 새 메시지를 지금까지의 요약에 합치세요. "
+           "이름, 사용자에 관한 사실, 결정과 약속은 남기고 잡담은 빼세요. "
+           "한국어로 짧게 요약만 쓰세요.",
+    )
+    roleplay_prompt: Localized = Localized(
+        en="You keep the story notes of a roleplay between {{char}} and {{user}}. Merge the new messages into "
+           "the notes so far, in the third person: who {{char}} and {{user}} are, what happened, what was "
+           "promised, where they are now. Write short notes in English and nothing else.",
+        ko="당신은 {{char}}와 {{user}}의 롤플레이 이야기 노트를 관리합니다. 새 메시지를 지금까지의 노트에 "
+           "3인칭으로 합치세요: {{char}}와 {{user}}가 누구인지, 무슨 일이 있었는지, 어떤 약속을 했는지, "
+           "지금 어디에 있는지. 한국어로 짧은 노트만 쓰세요.",
+    )

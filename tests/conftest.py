@@ -77,7 +77,8 @@ async def start_engine(config: AppConfig, mongo_uri: str, db: str, metrics=None,
     mongo = config.mongo.model_copy(update={"database": db})
     return await build_engine(models_cfg=config.models, mongo_cfg=mongo, limits=config.limits, cards_cfg=config.cards,
                               character_entries=config.characters, mongo_uri=mongo_uri, data_dir=data_dir or ROOT,
-                              base_dir=ROOT, cache_dir=ROOT / "ai_model", metrics=metrics)
+                              base_dir=ROOT, cache_dir=ROOT / "ai_model", metrics=metrics,
+                              memory_cfg=config.memory)
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -247,12 +247,13 @@ class FakeDiscord:
     async def slash(self, name: str, options: list[dict] | None = None, *, user_id: int = 42, user_name: str = "alice",
                     channel_id: int | None = None, roles: tuple[int, ...] = (), locale: str = "en-US",
                     dm: bool = False, app_permissions: int | None = None, kind: int = 2,
-                    resolved: dict | None = None) -> Interaction:
-        """Dispatch an INTERACTION_CREATE for ``/name`` (subcommands: a type-1 option)."""
+                    resolved: dict | None = None, modal: dict | None = None) -> Interaction:
+        """Dispatch an INTERACTION_CREATE for ``/name`` (subcommands: a type-1 option), or with ``kind=5``
+        the submission of a modal (``modal``: its custom_id and components as the user filled them in)."""
         iid, token = self.new_id(), f"tok{self.new_id()}"
         perms = app_permissions if app_permissions is not None else (
             ALL_PERMISSIONS if self.manage_webhooks else ALL_PERMISSIONS & ~MANAGE_WEBHOOKS)
-        data: dict[str, Any] = {"id": str(self.new_id()), "name": name, "type": 1, "options": options or []}
+        data: dict[str, Any] = modal or {"id": str(self.new_id()), "name": name, "type": 1, "options": options or []}
         if resolved:
             data["resolved"] = resolved
         payload: dict[str, Any] = {

@@ -65,7 +65,8 @@ async def stored_reply(engine, conv_key: str) -> str:
 
 async def test_chat_defers_edits_and_ends_with_the_engine_text(engine):
     async with running(engine) as (fake, surface):
-        assert {c["name"] for c in fake.commands} == {"chat", "roleplay", "character", "reset", "stop", "help", "lang"}
+        assert {c["name"] for c in fake.commands} == {"chat", "roleplay", "character", "reset", "stop", "help", "lang",
+                                                      "memory"}
         chat = next(c for c in fake.commands if c["name"] == "chat")
         assert chat["description_localizations"]["ko"]
         inter = await fake.slash("chat", [opt("message", "Tell me about the sea in three sentences.")])
@@ -367,3 +368,52 @@ async def test_a_gateway_drop_is_resumed_without_a_duplicate_reply(engine):
         assert len(bot_replies(fake, cid)) == 1 == len(msgs)
         assert fake.identifies == 1
         assert msgs[0]["content"] == await stored_reply(engine, f"discord:msg:{msgs[0]['id']}")
+
+
+# --- /memory --------------------------------------------------------------------------------------
+
+async def _answer(fake: FakeDiscord, inter) -> str:
+    await fake.wait_for(lambda: inter.followups, 20, "the private answer")
+    msg = fake.messages[inter.followups[-1]]
+    assert msg["flags"] & 64                                             # ephemeral
+    return msg["content"]
+
+
+async def test_memory_show_pin_unpin_edit_and_forget(engine):
+    from engine.types import Speaker, Turn
+
+    async with running(engine) as (fake, surface):
+        uid, cid = 911, fake.channel_ids[1]
+        conv = await engine.conversation_for(Turn(speaker=Speaker(f"discord:{uid}"), scope=f"discord:channel:{cid}",
+                                                  text=""))
+        await engine.edit_summary(conv, "Alice sails to the northern islands.", by="test")
+        shown = await _answer(fake, await fake.slash("memory", [sub("show")], user_id=uid, channel_id=cid))
+        assert "Alice sails to the northern islands." in shown and "Nothing is pinned." in shown
+        pinned = await _answer(fake, await fake.slash("memory", [sub("pin", opt("text", "My cat is Blorvik."))],
+                                                      user_id=uid, channel_id=cid))
+        assert pinned == "Pinned as #1: My cat is Blorvik."
+        assert "1. My cat is Blorvik." in await _answer(
+            fake, await fake.slash("memory", [sub("show")], user_id=uid, channel_id=cid))
+        missing = await _answer(fake, await fake.slash("memory", [sub("unpin", opt("n", 2, kind=4))],
+                                                       user_id=uid, channel_id=cid, locale="ko"))
+        assert missing == "2번 고정 항목이 없어요 (지금 1개)."
+
+        edit = await fake.slash("memory", [sub("edit")], user_id=uid, channel_id=cid)
+        await fake.wait_for(lambda: edit.callback, 10, "the modal")
+        modal = edit.callback["data"]
+        assert edit.callback["type"] == 9
+        field = modal["components"][0]["components"][0]
+        assert field["value"] == "Alice sails to the northern islands."
+        submit = await fake.slash("", kind=5, user_id=uid, channel_id=cid, modal={
+            "custom_id": modal["custom_id"],
+            "components": [{"type": 1, "components": [{"type": 4, "custom_id": field["custom_id"],
+                                                         "value": "Alice is a sailor from Busan."}]}]})
+        assert await _answer(fake, submit) == "Summary updated."
+        assert (await engine.memory_of(conv))["summary"]["text"] == "Alice is a sailor from Busan."
+
+        forgot = await _answer(fake, await fake.slash("memory", [sub("forget")], user_id=uid, channel_id=cid))
+        assert "cleared the summary" in forgot
+        shown = await _answer(fake, await fake.slash("memory", [sub("show")], user_id=uid, channel_id=cid))
+        assert "No summary yet." in shown and "Nothing is pinned." in shown
+        memory = await engine.memory_of(conv)
+        assert memory["summary"]["text"] == "" and memory["pins"] == []

@@ -106,3 +106,23 @@ async def test_dead_database_is_a_clear_error_and_loses_no_finished_reply(tmp_pa
     finally:
         await store.close()
         await restarted.stop()
+
+
+async def test_summary_revisions_and_pins(store):
+    conv = await store.active_conversation("u:mem", "s", "chat", None)
+    ids = [await store.add_message(conv, role, f"m{i}") for i, role in enumerate(["user", "assistant"] * 3)]
+    docs = await store.recent_messages(conv, 10)
+    assert [d["_id"] for d in docs] == ids
+    after = await store.recent_messages(conv, 10, after_ts=docs[2]["ts"])     # the window after a summary's cover
+    assert [d["_id"] for d in after] == ids[3:]
+    covers = {"from_id": ids[0], "from_ts": docs[0]["ts"], "to_id": ids[2], "to_ts": docs[2]["ts"], "messages": 3}
+    assert await store.add_summary(conv, 1, "first", covers, by="model", folded_ids=ids[:3])
+    assert not await store.add_summary(conv, 1, "a second writer of revision 1", covers, by="model")
+    assert await store.add_summary(conv, 2, "second", covers, by="user")
+    assert (await store.latest_summary(conv))["text"] == "second"
+    assert [r["rev"] for r in await store.summary_revisions(conv)] == [1, 2]
+    a, b, c = [await store.add_pin(conv, t, by="u:mem") for t in ("one", "two", "three")]
+    assert await store.remove_pins(conv, [b]) == 1
+    assert [p["text"] for p in await store.pins(conv)] == ["one", "three"]
+    assert await store.remove_pins(conv) == 2 and await store.pins(conv) == []
+    assert await store.count_messages(conv) == 6

@@ -375,3 +375,23 @@ async def test_a_5000_character_reply_is_split_with_nothing_lost(fake, chat_id, 
     else:
         assert fake.calls_of("editMessageText", chat_id)
         assert all(c.status != 400 for c in fake.calls if c.method == "editMessageText")
+
+
+async def test_memory_pin_unpin_and_forget(tg, fake, engine):
+    from bot.i18n import section
+
+    MEMORY = section("memory")
+    uid = 6131
+    conv = await engine.conversation_for(Turn(speaker=Speaker(f"telegram:{uid}"), scope=f"telegram:chat:{uid}", text=""))
+    await engine.edit_summary(conv, "Ana is planning a trip to Jeju.", by="test")
+    for text in ("/memory", "/pin My cat is Blorvik.", "/unpin 5", "/memory", "/forget", "/memory", "/pin"):
+        await tg.done(fake.send_text(uid, text, language_code="en"))
+    shown, pinned, missing, shown2, forgot, shown3, usage = fake.sent_texts(uid)
+    assert "Ana is planning a trip to Jeju." in shown and MEMORY["no_pins"]["en"] in shown
+    assert pinned == "Pinned as #1: My cat is Blorvik."
+    assert missing == "There is no pinned fact number 5 (there are 1)."
+    assert "1. My cat is Blorvik." in shown2
+    assert forgot == MEMORY["forgot"]["en"]
+    assert MEMORY["no_summary"]["en"] in shown3 and MEMORY["no_pins"]["en"] in shown3
+    assert usage == TEXTS["pin_usage"]["en"]
+    assert (await engine.memory_of(conv))["summary"]["text"] == ""

@@ -276,3 +276,46 @@ async def test_page_and_session_api_need_no_key_but_nothing_else_opens(sidecar):
             assert r.status == 422 and "최대" in (await r.json())["message"]
         async with s.get(url + "/web/api/history", params={"session": "abcdefgh12", "target": "chat"}) as r:
             assert (await r.json())["messages"] == [], "a refused message must not be stored"
+
+
+async def test_memory_api_pins_unpins_and_forgets_in_the_users_language(sidecar):
+    url, session = sidecar[1], "memoryapi01"
+    query = {"session": session, "target": "chat"}
+    async with aiohttp.ClientSession() as s:
+        async with s.get(url + "/web/api/memory", params=query) as r:
+            assert r.status == 200 and await r.json() == {"summary": None, "pins": []}
+        async with s.post(url + "/web/api/memory/pin", json={**query, "text": "Ana likes plums."}) as r:
+            assert [p["text"] for p in (await r.json())["pins"]] == ["Ana likes plums."]
+        async with s.post(url + "/web/api/memory/pin", json={**query, "text": "x" * 301},
+                          headers={"Accept-Language": "ko-KR"}) as r:
+            assert r.status == 422 and (await r.json())["message"] == "고정할 내용이 너무 길어요 (최대 300자)."
+        async with s.post(url + "/web/api/memory/unpin", json={**query, "n": 2},
+                          headers={"Accept-Language": "en-US"}) as r:
+            assert r.status == 404 and "no pinned fact number 2" in (await r.json())["message"]
+        async with s.post(url + "/web/api/memory/unpin", json={**query, "n": 1}) as r:
+            assert (await r.json())["pins"] == []
+        async with s.post(url + "/web/api/memory/forget", json=query) as r:
+            assert r.status == 200 and (await r.json())["pins"] == []
+
+
+async def test_memory_panel_shows_summary_and_pins(sidecar, browser):
+    from engine.types import Speaker, Turn
+
+    app, url = sidecar
+    await browser.open(url + "/")
+    await browser.until(READY)
+    session = await browser.js("localStorage.getItem('llmbot.session')")
+    conv = await app.engine.conversation_for(Turn(speaker=Speaker(f"web:{session}"), scope=f"web:{session}:chat",
+                                                  text=""))
+    await app.engine.edit_summary(conv, "Ana is walking to Busan.", by="test")
+    await browser.js("document.getElementById('memory').open = true; true")
+    await browser.until("document.getElementById('memory-summary').textContent.includes('Ana is walking to Busan.')")
+    await browser.js("document.getElementById('pin-input').value = 'Ana likes plums.'; "
+                     "document.getElementById('pin-form').requestSubmit(); true")
+    await browser.until("document.querySelectorAll('#memory-pins li').length === 1")
+    assert "Ana likes plums." in await browser.js("document.getElementById('memory-pins').textContent")
+    await browser.js("document.querySelector('#memory-pins .unpin').click(); true")
+    await browser.until("document.querySelectorAll('#memory-pins li').length === 0")
+    await browser.js("document.getElementById('forget').click(); true")
+    await browser.until("document.getElementById('memory-summary').textContent.startsWith('No summary yet')")
+    assert (await app.engine.memory_of(conv))["summary"]["text"] == ""

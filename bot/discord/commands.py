@@ -1,4 +1,4 @@
-"""The slash commands: /chat, /roleplay, /character list|info|use|import, /reset, /stop, /help, /lang."""
+"""The slash commands: /chat, /roleplay, /character list|info|use|import, /reset, /stop, /help, /lang, /memory."""
 from __future__ import annotations
 
 import io
@@ -10,6 +10,7 @@ from discord import app_commands
 
 from bot.discord.access import Access, who
 from bot.discord.conversation import Conversations, place_of, speaker_of
+from bot.discord.memory import memory_group
 from bot.discord.texts import TEXTS
 from bot.discord.translator import desc
 from bot.i18n import describe, pick_lang, text
@@ -183,6 +184,8 @@ class Commands:
             await interaction.response.defer(ephemeral=True, thinking=True)
             await self.conv.set_lang(interaction.user, code.value)
             await self.say(interaction, text(TEXTS, "lang_set", code.value))
+
+        tree.add_command(memory_group(self))
 
     async def converse(self, interaction: discord.Interaction, message: str, character: str | None) -> None:
         if not await self.admit(interaction):

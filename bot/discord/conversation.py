@@ -118,6 +118,13 @@ class Conversations:
             return name
         return None
 
+    async def conversation_here(self, user: Any, channel: Any) -> str:
+        """The conversation the user continues here: with their active character, else with the assistant."""
+        place = place_of(channel, user)
+        character = await self.active_character(user, place)
+        return await self.engine.conversation_for(Turn(speaker=speaker_of(user), scope=place.scope, text="",
+                                                       mode="roleplay" if character else "chat", character=character))
+
     def persona(self, name: str) -> Persona:
         card = self.engine.characters().get(name)
         return Persona(card.display_name if card else name, card.image if card else None)

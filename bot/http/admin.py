@@ -23,8 +23,8 @@ async def mongo_collections(request: web.Request) -> web.Response:
     return web.json_response({"Collections": names})
 
 
-async def conversation(request: web.Request) -> web.Response:
-    """The remembered messages of an HTTP session (the ``session`` of /Llama_stream and /Lumimaid_stream)."""
+async def conversation_id_of(request: web.Request) -> str:
+    """The conversation of an HTTP session (the ``session`` of /Llama_stream and /Lumimaid_stream; ?kind=)."""
     engine = ctx_of(request).engine
     session, kind = request.match_info["session"], request.query.get("kind", "llama")
     if kind not in SESSION_SCOPES:
@@ -33,9 +33,17 @@ async def conversation(request: web.Request) -> web.Response:
     convs = [c for c in await engine.conversations_of(owner) if c["scope"] == SESSION_SCOPES[kind]]
     if not convs:
         raise ApiError(404, f"no conversation for session {session!r}")
-    messages = await engine.history(convs[0]["_id"], limit=int(request.query.get("limit", "100")))
-    return web.json_response({"conversation_id": convs[0]["_id"], "messages": [
-        {"role": m["role"], "content": m["content"], "ts": m["ts"]} for m in messages]})
+    return convs[0]["_id"]
+
+
+async def conversation(request: web.Request) -> web.Response:
+    """The remembered messages of an HTTP session, with its summary and pinned facts."""
+    engine = ctx_of(request).engine
+    conv_id = await conversation_id_of(request)
+    messages = await engine.history(conv_id, limit=int(request.query.get("limit", "100")))
+    return web.json_response({"conversation_id": conv_id, "messages": [
+        {"id": m["_id"], "role": m["role"], "content": m["content"], "ts": m["ts"]} for m in messages],
+        **await engine.memory_of(conv_id)})
 
 
 def setup(app: web.Application) -> None:

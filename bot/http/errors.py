@@ -28,6 +28,11 @@ STATUS: dict[str, int] = {
     "input_too_long": 422,
     "beam_unavailable": 422,
     "empty_reply": 502,
+    "memory_off": 409,
+    "pin_empty": 422,
+    "pin_too_long": 422,
+    "pins_full": 422,
+    "unknown_pin": 404,
     "internal": 500,
 }
 

@@ -1,4 +1,5 @@
-"""The web chat page at / and its key-less session API under /web/ (characters, history, chat, stop, reset)."""
+"""The web chat page at / and its key-less session API under /web/ (characters, history, chat, stop, reset,
+memory)."""
 from __future__ import annotations
 
 import random
@@ -40,6 +41,14 @@ class TargetBody(SessionBody):
 
 class ChatBody(TargetBody):
     text: StrictStr = Field(min_length=1)
+
+
+class PinBody(TargetBody):
+    text: StrictStr = Field(min_length=1)
+
+
+class UnpinBody(TargetBody):
+    n: int = Field(ge=1)
 
 
 def _character(engine: EngineAPI, target: str):
@@ -130,6 +139,37 @@ async def reset(request: web.Request) -> web.Response:
     return web.json_response({"reset": True})
 
 
+async def _conversation(request: web.Request, body: TargetBody) -> tuple[EngineAPI, str, str]:
+    """(engine, the conversation the page shows for this session and target, the speaker id)."""
+    engine = ctx_of(request).engine
+    turn = _turn(request, body)
+    return engine, await engine.conversation_for(turn), turn.speaker.id
+
+
+async def memory(request: web.Request) -> web.Response:
+    engine, conv, _ = await _conversation(request, _query_body(request))
+    return web.json_response(await engine.memory_of(conv))
+
+
+async def memory_pin(request: web.Request) -> web.Response:
+    body = await parse_body(request, PinBody)
+    engine, conv, by = await _conversation(request, body)
+    return web.json_response(await engine.pin_fact(conv, body.text, by=by))
+
+
+async def memory_unpin(request: web.Request) -> web.Response:
+    body = await parse_body(request, UnpinBody)
+    engine, conv, _ = await _conversation(request, body)
+    await engine.unpin_fact(conv, body.n)
+    return web.json_response(await engine.memory_of(conv))
+
+
+async def memory_forget(request: web.Request) -> web.Response:
+    engine, conv, by = await _conversation(request, await parse_body(request, TargetBody))
+    await engine.forget(conv, by=by)
+    return web.json_response(await engine.memory_of(conv))
+
+
 def setup(app: web.Application) -> None:
     app.router.add_get("/", page)
     app.router.add_get("/favicon.ico", favicon)
@@ -140,3 +180,7 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/web/api/chat", chat)
     app.router.add_post("/web/api/stop", stop)
     app.router.add_post("/web/api/reset", reset)
+    app.router.add_get("/web/api/memory", memory)
+    app.router.add_post("/web/api/memory/pin", memory_pin)
+    app.router.add_post("/web/api/memory/unpin", memory_unpin)
+    app.router.add_post("/web/api/memory/forget", memory_forget)

@@ -13,6 +13,7 @@ from bot.telegram.characters import Characters, name_from_callback
 from bot.telegram.config import TelegramConfig
 from bot.telegram.context import Replier, Where, display_name
 from bot.telegram.journal import Entry
+from bot.telegram.memory import MemoryCommands
 from bot.telegram.pacing import Pacer
 from bot.telegram.sinks import ChatTransport, DraftSink, EditingSink, Typing
 from bot.telegram.texts import TEXTS
@@ -56,6 +57,7 @@ class Handlers:
             "start": self.cmd_start, "help": self.cmd_help, "chat": self.cmd_chat, "characters": self.cmd_characters,
             "character": self.cmd_character, "reset": self.cmd_reset, "stop": self.cmd_stop, "lang": self.cmd_lang,
             "import": self.cmd_import,
+            **MemoryCommands(engine, self.characters).handlers(),
         }
 
     @property

@@ -1,14 +1,21 @@
-// The web chat page: pick chat or a character, stream replies, stop, reset; history lives in the bot's store.
+// The web chat page: pick chat or a character, stream replies, stop, reset, see and edit the memory;
+// history lives in the bot's store.
 "use strict";
 
 const TEXTS = {
   en: {
     talkTo: "Talk to", chat: "Chat", reset: "New conversation", send: "Send", stop: "Stop",
     placeholder: "Type a message", stopped: "Stopped.", failed: "Could not reach the bot. Please try again.",
+    memory: "Memory", pin: "Pin", forget: "Forget", unpin: "Unpin", pinPlaceholder: "A fact to always remember",
+    noSummary: "No summary yet: once the conversation is long, what scrolls out is summarised here.",
+    covers: (n) => `Covers ${n} earlier message(s).`,
   },
   ko: {
     talkTo: "대화 상대", chat: "채팅", reset: "새 대화", send: "보내기", stop: "멈추기",
     placeholder: "메시지를 입력하세요", stopped: "멈췄어요.", failed: "봇에 연결할 수 없어요. 다시 시도해 주세요.",
+    memory: "기억", pin: "고정", forget: "지우기", unpin: "고정 해제", pinPlaceholder: "항상 기억할 내용",
+    noSummary: "아직 요약이 없어요. 대화가 길어지면 지난 내용이 여기에 요약돼요.",
+    covers: (n) => `메시지 ${n}개를 요약했어요.`,
   },
 };
 const LANG = (navigator.languages && navigator.languages[0] || navigator.language || "en")
@@ -100,6 +107,44 @@ async function loadHistory() {
   }
 }
 
+// The memory panel: the rolling summary and the pinned facts of the conversation shown.
+function showMemory(data) {
+  const summary = data.summary && data.summary.text.trim();
+  const covers = data.summary && data.summary.covers && data.summary.covers.messages;
+  $("memory-summary").textContent = summary ? summary + (covers ? `\n(${T.covers(covers)})` : "") : T.noSummary;
+  const list = $("memory-pins");
+  list.replaceChildren();
+  for (const p of data.pins) {
+    const li = document.createElement("li");
+    const text = document.createElement("span");
+    text.textContent = p.text;
+    const unpin = document.createElement("button");
+    unpin.type = "button";
+    unpin.className = "unpin";
+    unpin.textContent = "×";
+    unpin.title = T.unpin;
+    unpin.setAttribute("aria-label", `${T.unpin} ${p.n}`);
+    unpin.addEventListener("click", () => memoryAction("unpin", { n: p.n }));
+    li.append(text, unpin);
+    list.appendChild(li);
+  }
+}
+
+async function loadMemory() {
+  if (!$("memory").open) return;
+  const t = target();
+  const data = await api(`/web/api/memory?session=${SESSION}&target=${encodeURIComponent(t)}`);
+  if (t === target()) showMemory(data);
+}
+
+async function memoryAction(action, extra) {
+  try {
+    showMemory(await api(`/web/api/memory/${action}`, { session: SESSION, target: target(), ...extra }));
+  } catch (e) {
+    addNote(e.message);
+  }
+}
+
 async function loadCharacters() {
   const data = await api("/web/api/characters");
   for (const c of data.characters) {
@@ -177,6 +222,7 @@ async function send(text) {
   }
   // A new roleplay stores the greeting the engine chose: show exactly what was stored.
   if (firstReply && state.characters.has(target())) loadHistory().catch(() => {});
+  loadMemory().catch(() => {});
 }
 
 async function stop() {
@@ -192,6 +238,7 @@ async function reset() {
   // Nothing is lost: the old conversation stays stored, so no confirmation is asked.
   await api("/web/api/reset", { session: SESSION, target: target() });
   await loadHistory();
+  await loadMemory();
 }
 
 function autosize() {
@@ -222,7 +269,17 @@ function wire() {
     localStorage.setItem("llmbot.target", target());
     showPersona();
     loadHistory().catch((e) => addNote(e.message));
+    loadMemory().catch((e) => addNote(e.message));
   });
+  $("memory").addEventListener("toggle", () => loadMemory().catch((e) => addNote(e.message)));
+  $("pin-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const text = $("pin-input").value.trim();
+    if (!text) return;
+    $("pin-input").value = "";
+    memoryAction("pin", { text });
+  });
+  $("forget").addEventListener("click", () => memoryAction("forget", {}));
 }
 
 async function main() {

@@ -32,6 +32,9 @@ INDEXES: dict[str, list[tuple[str, list[tuple[str, int]], dict]]] = {
                  ("msg_conv_key", [("conv_id", ASCENDING), ("request_key", ASCENDING)], {})],
     "prefs": [("prefs_user", [("user", ASCENDING)], {})],
     "inbox": [("inbox_state", [("state", ASCENDING), ("ts", ASCENDING)], {})],
+    # One document per summary revision; the unique index makes a concurrent second writer of a revision fail.
+    "summaries": [("summary_conv_rev", [("conv_id", ASCENDING), ("rev", ASCENDING)], {"unique": True})],
+    "pins": [("pins_conv", [("conv_id", ASCENDING), ("state", ASCENDING), ("ts", ASCENDING)], {})],
     "users": [], "characters": [], "links": [],
 }
 
@@ -268,11 +271,14 @@ class Store:
         return doc["_id"]
 
     @_guard
-    async def recent_messages(self, conv_id: str, limit: int) -> list[dict]:
-        """The newest ``limit`` messages of a conversation, oldest first."""
+    async def recent_messages(self, conv_id: str, limit: int, after_ts: int | None = None) -> list[dict]:
+        """The newest ``limit`` messages of a conversation (only those after ``after_ts`` if given), oldest first."""
         if limit <= 0:
             return []
-        cursor = self.db.messages.find({"conv_id": conv_id}).sort("ts", DESCENDING).limit(limit)
+        query: dict[str, Any] = {"conv_id": conv_id}
+        if after_ts is not None:
+            query["ts"] = {"$gt": after_ts}
+        cursor = self.db.messages.find(query).sort("ts", DESCENDING).limit(limit)
         docs = await cursor.to_list(None)
         return docs[::-1]
 
@@ -281,6 +287,53 @@ class Store:
         """The complete reply already given to a request, if any (a partial one does not count)."""
         return await self.db.messages.find_one({"conv_id": conv_id, "request_key": request_key, "role": "assistant",
                                                 "status": "done"})
+
+    @_guard
+    async def count_messages(self, conv_id: str) -> int:
+        return await self.db.messages.count_documents({"conv_id": conv_id})
+
+    # memory: summary revisions and pinned facts -----------------------------------------------------
+
+    @_guard
+    async def latest_summary(self, conv_id: str) -> dict | None:
+        found = await self.db.summaries.find({"conv_id": conv_id}).sort("rev", DESCENDING).limit(1).to_list(None)
+        return found[0] if found else None
+
+    @_guard
+    async def summary_revisions(self, conv_id: str) -> list[dict]:
+        return await self.db.summaries.find({"conv_id": conv_id}).sort("rev", ASCENDING).to_list(None)
+
+    @_guard
+    async def add_summary(self, conv_id: str, rev: int, text: str, covers: dict, by: str,
+                          folded_ids: list[str] | None = None) -> bool:
+        """Store revision ``rev``; False when that revision already exists (someone wrote it first)."""
+        doc = {"_id": new_id(), "conv_id": conv_id, "rev": rev, "text": text, "covers": covers, "by": by,
+               "folded_ids": folded_ids or [], "ts": time.time()}
+        try:
+            await self.db.summaries.insert_one(doc)
+        except DuplicateKeyError:
+            return False
+        return True
+
+    @_guard
+    async def pins(self, conv_id: str) -> list[dict]:
+        """The conversation's pinned facts, oldest first."""
+        return await self.db.pins.find({"conv_id": conv_id, "state": "active"}).sort("ts", ASCENDING).to_list(None)
+
+    @_guard
+    async def add_pin(self, conv_id: str, text: str, by: str) -> str:
+        doc = {"_id": new_id(), "conv_id": conv_id, "text": text, "by": by, "state": "active", "ts": time.time_ns()}
+        await self.db.pins.insert_one(doc)
+        return doc["_id"]
+
+    @_guard
+    async def remove_pins(self, conv_id: str, pin_ids: list[str] | None = None) -> int:
+        """Unpin some (or, with no ids, all) of a conversation's facts; they stay stored, marked removed."""
+        query: dict[str, Any] = {"conv_id": conv_id, "state": "active"}
+        if pin_ids is not None:
+            query["_id"] = {"$in": pin_ids}
+        result = await self.db.pins.update_many(query, {"$set": {"state": "removed", "removed": time.time_ns()}})
+        return result.modified_count
 
     # platform message → conversation links (reply chains) ----------------------------------------
 
