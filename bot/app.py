@@ -54,7 +54,7 @@ class App:
             models_cfg=cfg.models, mongo_cfg=cfg.mongo, limits=cfg.limits, cards_cfg=cfg.cards,
             character_entries=cfg.characters, mongo_uri=secrets.mongo_uri, data_dir=self.data_dir,
             base_dir=self.loaded.base_dir, cache_dir=self.loaded.base_dir / "ai_model", metrics=self.metrics,
-            config_file=self.loaded.path, env=secrets.env,
+            config_file=self.loaded.path, env=secrets.env, scenes_cfg=cfg.scenes,
         )
         if cfg.cards.reload:
             self.tasks.append(asyncio.create_task(self.engine.characters.watch(self._reload_characters)))

@@ -13,7 +13,7 @@ from pydantic import Field, ValidationError
 
 from bot.discord.config import DiscordConfig
 from bot.telegram.config import TelegramConfig
-from engine.settings import Cards, CharacterEntry, Language, Limits, Models, Mongo, Strict
+from engine.settings import Cards, CharacterEntry, Language, Limits, Models, Mongo, SceneSettings, Strict
 
 
 class HttpConfig(Strict):
@@ -36,6 +36,7 @@ class AppConfig(Strict):
     limits: Limits = Limits()
     cards: Cards = Cards()
     characters: tuple[CharacterEntry, ...] = ()
+    scenes: SceneSettings = SceneSettings()
     discord: DiscordConfig = DiscordConfig()
     telegram: TelegramConfig = TelegramConfig()
 

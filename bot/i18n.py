@@ -30,6 +30,12 @@ ERRORS: dict[str, dict[str, str]] = {
                      "en": "Too many requests. Please try again in {seconds} seconds."},
     "bad_card": {"ko": "캐릭터 카드로 읽을 수 없는 파일이에요: {message}",
                  "en": "That file is not a usable character card: {message}"},
+    "no_scene": {"ko": "여기에는 진행 중인 장면이 없어요. /scene 으로 시작해 주세요.",
+                 "en": "There is no scene here. Start one with /scene."},
+    "scene_full": {"ko": "한 장면에는 캐릭터가 최대 {limit}명까지 있을 수 있어요.",
+                   "en": "A scene can have at most {limit} characters."},
+    "character_not_here": {"ko": "{name} 캐릭터는 이 채널에서 쓸 수 없어요.",
+                           "en": "{name} is not available in this channel."},
     "internal": {"ko": "알 수 없는 오류가 발생했어요.", "en": "Something went wrong."},
 }
 

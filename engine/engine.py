@@ -19,8 +19,10 @@ from engine.complexity import Classifier, make_classifier, max_new_tokens
 from engine.errors import (EmptyReply, EngineError, GenerationCancelled, InputTooLong, RateLimitedUser,
                            UnknownCharacter, UserBusy)
 from engine.observe import EngineMetrics, NoMetrics
-from engine.prompts import PromptParts, fit
+from engine.prompts import Block, PromptParts, fit
+from engine.scenes import Scenes, SceneTurn
 from engine.scheduler import ModelQueue, Stats
+from engine.settings import SceneSettings
 from engine.store.repository import Store
 from engine.types import Turn
 
@@ -103,7 +105,7 @@ class _UserGate:
 
 class Engine:
     def __init__(self, *, models: dict[str, Model], store: Store, limits, cards_cfg, characters=None,
-                 metrics: EngineMetrics | None = None, on_close=()):
+                 metrics: EngineMetrics | None = None, on_close=(), scenes_cfg: SceneSettings | None = None):
         self.models = models
         self.store = store
         self.limits = limits
@@ -113,6 +115,7 @@ class Engine:
         self.gate = _UserGate(limits.per_user_in_flight, limits.busy_policy, limits.requests_per_minute)
         self._on_close = list(on_close)
         self._replies: set[Reply] = set()
+        self.scenes = Scenes(self, scenes_cfg or SceneSettings())
 
     # construction ----------------------------------------------------------------------------
 
@@ -135,8 +138,13 @@ class Engine:
         return len(replies)
 
     async def reset(self, speaker_id: str, scope: str) -> int:
-        """Start new conversations for the speaker in this scope; old ones stay stored."""
-        return await self.store.reset(speaker_id, scope)
+        """Start new conversations for the speaker in this scope, and end its scene; old ones stay stored."""
+        ended = await self.scenes.end(scope)
+        return await self.store.reset(speaker_id, scope) + int(ended)
+
+    def scene_turn(self, turn: Turn) -> SceneTurn:
+        """The characters of ``turn.scope``'s scene answering ``turn`` (see engine.scenes.SceneTurn)."""
+        return self.scenes.turn(turn)
 
     async def history(self, conversation_id: str, limit: int = 100) -> list[dict]:
         return await self.store.recent_messages(conversation_id, limit)
@@ -184,6 +192,7 @@ class Engine:
         stop = tuple(p.stop if p.stop is not None else cfg.stop)
         user = turn.speaker.name
         stop = tuple(s.replace("{{user}}", user).replace("{{char}}", card.name if card else "") for s in stop)
+        stop += turn.cue.stop if turn.cue else ()
         return Sampling(
             max_new_tokens=p.max_new_tokens or max_new_tokens(cfg.max_new_tokens, model.classifier, turn.text),
             temperature=cfg.temperature if p.temperature is None else p.temperature,
@@ -197,8 +206,11 @@ class Engine:
     def _parts(self, model: Model, turn: Turn, card, history: list[dict]) -> PromptParts:
         if card is None:
             return PromptParts(system=turn.system or model.cfg.system_prompt, user=turn.text, history=history)
-        return build_roleplay_parts(card, turn.speaker.name, history, turn.text, self.cards_cfg.roleplay_prompt,
-                                    count_tokens=model.backend.count_tokens, budget=model.backend.n_ctx)
+        parts = build_roleplay_parts(card, turn.speaker.name, history, turn.text, self.cards_cfg.roleplay_prompt,
+                                     count_tokens=model.backend.count_tokens, budget=model.backend.n_ctx)
+        if turn.cue and turn.cue.context:
+            parts.blocks.append(Block(turn.cue.context))
+        return parts
 
     def _greeting(self, card, turn: Turn) -> str:
         if turn.character and self.characters:
@@ -252,7 +264,9 @@ class Engine:
             parts = self._parts(model, turn, card, history)
             budget = model.backend.n_ctx - sampling.max_new_tokens
             prompt = reply.prompt = model.backend.render(fit(parts, model.count, budget))
-            cleaner = StreamCleaner(model.cfg.clean, sampling.stop, card.name if card else "")
+            # A scene labels lines with the name people see, so that is the prefix a reply may open with.
+            shown = (card.display_name if turn.cue else card.name) if card else ""
+            cleaner = StreamCleaner(model.cfg.clean, sampling.stop, shown)
             reply.status = "queued"
             self.metrics.queue_depth(model.role, model.queue.depth + 1)
             async for raw in model.queue.stream(prompt, sampling, reply.cancel, reply.stats):
@@ -324,7 +338,8 @@ class Engine:
 
 async def build_engine(*, models_cfg, mongo_cfg, limits, cards_cfg, character_entries, mongo_uri: str | None,
                        data_dir: Path, base_dir: Path, cache_dir: Path, metrics: EngineMetrics | None = None,
-                       config_file: Path | None = None, env: dict[str, str] | None = None) -> Engine:
+                       config_file: Path | None = None, env: dict[str, str] | None = None,
+                       scenes_cfg: SceneSettings | None = None) -> Engine:
     """Start the store (embedded server if no URI), load both models, load the characters."""
     from engine.loading import load_backend
     from engine.store.embedded import EmbeddedMongo
@@ -362,7 +377,7 @@ async def build_engine(*, models_cfg, mongo_cfg, limits, cards_cfg, character_en
             await fn()
         raise
     return Engine(models=models, store=store, limits=limits, cards_cfg=cards_cfg, characters=characters,
-                  metrics=metrics, on_close=on_close)
+                  metrics=metrics, on_close=on_close, scenes_cfg=scenes_cfg)
 
 
 async def _stored_cards(store: Store) -> list[dict]:

@@ -70,3 +70,21 @@ class RateLimitedUser(EngineError):
     """The user sent more requests per minute than allowed."""
     code = "rate_limited"
     http_status = 429
+
+
+class NoScene(EngineError):
+    """The channel has no scene (a scene command other than start)."""
+    code = "no_scene"
+    http_status = 404
+
+
+class SceneFull(EngineError):
+    """A scene may hold at most ``scenes.max_characters`` characters (``info['limit']``)."""
+    code = "scene_full"
+    http_status = 422
+
+
+class CharacterNotHere(EngineError):
+    """bot.yaml's ``characters[].channels`` keeps this character out of the scope (``info['name']``)."""
+    code = "character_not_here"
+    http_status = 403

@@ -200,3 +200,16 @@ class Cards(Strict):
         "You are {{char}} in a never-ending roleplay with {{user}}. Stay in character, "
         "write {{char}}'s next reply only, and never speak for {{user}}."
     )
+
+
+MAX_AUTO_TURNS = 20
+
+
+class SceneSettings(Strict):
+    """Scenes: several characters sharing one conversation in a channel (bot.yaml ``scenes:``)."""
+
+    max_characters: int = Field(6, ge=1, le=20)
+    auto_turns: int = Field(0, ge=0, le=MAX_AUTO_TURNS)        # character turns after a human message; 0: only those asked
+    nudge: str = Field("[Write the next reply only as {{char}}.]", min_length=1)
+    description_chars: int = Field(300, ge=0, le=4000)   # how much of another character's description each prompt shows
+    seed: int | None = None                          # the speaker draw's seed; None: a new one per start

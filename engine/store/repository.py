@@ -27,7 +27,7 @@ INDEXES: dict[str, list[tuple[str, list[tuple[str, int]], dict]]] = {
                  ("msg_conv_key", [("conv_id", ASCENDING), ("request_key", ASCENDING)], {})],
     "prefs": [("prefs_user", [("user", ASCENDING)], {})],
     "inbox": [("inbox_state", [("state", ASCENDING), ("ts", ASCENDING)], {})],
-    "users": [], "characters": [], "links": [],
+    "users": [], "characters": [], "links": [], "scenes": [],
 }
 
 
@@ -200,9 +200,11 @@ class Store:
 
     @_guard
     async def add_message(self, conv_id: str, role: str, content: str, *, request_key: str | None = None,
-                          status: str = "done", meta: dict | None = None, durable: bool = False) -> str:
+                          status: str = "done", meta: dict | None = None, durable: bool = False,
+                          speaker: str = "") -> str:
         """Store one message; with a ``request_key`` the same request is stored once per status.
 
+        ``speaker`` names who said it where several may (a scene's people and characters).
         ``status`` is "done" for a complete message, else why a reply ended early
         ("cancelled", "error"); a partial reply does not stand in for a later
         complete one. ``durable`` writes are kept and retried if the database is
@@ -215,7 +217,7 @@ class Store:
             if found:
                 return found["_id"]
         doc = {"_id": new_id(), "conv_id": conv_id, "ts": time.time_ns(), "role": role, "content": content,
-               "request_key": request_key or "", "status": status, "meta": meta or {}}
+               "request_key": request_key or "", "status": status, "meta": meta or {}, "speaker": speaker}
         if durable:
             await self._insert_durable("messages", doc)
         else:
