@@ -1,4 +1,4 @@
-"""The slash commands: /chat, /roleplay, /character list|info|use|import, /reset, /stop, /help, /lang."""
+"""The slash commands: /chat, /roleplay, /character list|info|use|import, /scene, /reset, /stop, /help, /lang."""
 from __future__ import annotations
 
 import io
@@ -10,6 +10,7 @@ from discord import app_commands
 
 from bot.discord.access import Access, who
 from bot.discord.conversation import Conversations, place_of, speaker_of
+from bot.discord.scenes import SceneCommands
 from bot.discord.texts import TEXTS
 from bot.discord.translator import desc
 from bot.i18n import describe, pick_lang, text
@@ -50,6 +51,8 @@ class Commands:
         self.tree = _Tree(client, seen)
         self.tree.on_error = self.on_error
         self._build()
+        self.scenes = SceneCommands(self)
+        self.scenes.build(self.tree)
 
     # --- shared steps --------------------------------------------------------------------------------
 
@@ -167,6 +170,7 @@ class Commands:
         @tree.command(name="stop", description=desc("stop"))
         async def stop(interaction: discord.Interaction) -> None:
             count = await self.engine.stop(speaker_of(interaction.user).id)    # in memory: answers at once
+            count += self.engine.scenes.stop(place_of(interaction.channel, interaction.user).scope)
             lang = self.quick_lang(interaction)
             await self.say(interaction, text(TEXTS, "stopped", lang, count=count) if count
                            else text(TEXTS, "nothing_to_stop", lang))

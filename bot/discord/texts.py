@@ -18,6 +18,15 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
                          "ko": "캐릭터 카드(PNG 또는 JSON)를 추가해요 (관리자 전용)"},
     "character.name": {"en": "The character's name", "ko": "캐릭터 이름"},
     "character.card": {"en": "A character card file (PNG or JSON)", "ko": "캐릭터 카드 파일 (PNG 또는 JSON)"},
+    "scene": {"en": "Scenes: several characters talking here", "ko": "장면: 여러 캐릭터가 여기서 함께 대화해요"},
+    "scene.start": {"en": "Start a scene with these characters", "ko": "이 캐릭터들로 장면을 시작해요"},
+    "scene.characters": {"en": "Character names, separated by commas", "ko": "캐릭터 이름 (쉼표로 구분)"},
+    "scene.add": {"en": "Bring a character into the scene", "ko": "캐릭터를 장면에 불러와요"},
+    "scene.remove": {"en": "Send a character out of the scene", "ko": "캐릭터를 장면에서 내보내요"},
+    "scene.auto": {"en": "Let characters answer each other for up to N turns", "ko": "캐릭터끼리 최대 N턴까지 이어서 대화해요"},
+    "scene.turns": {"en": "Turns after each human message (0: off)", "ko": "사람이 말한 뒤 이어질 턴 수 (0: 끄기)"},
+    "scene.end": {"en": "End the scene here", "ko": "여기서 장면을 끝내요"},
+    "scene.show": {"en": "Who is in the scene here", "ko": "이 장면에 누가 있는지 보여줘요"},
     "reset": {"en": "Start a new conversation here", "ko": "여기서 새 대화를 시작해요"},
     "stop": {"en": "Stop the reply I am writing for you", "ko": "쓰고 있는 답변을 멈춰요"},
     "help": {"en": "How to use this bot", "ko": "사용법을 보여줘요"},
@@ -59,6 +68,7 @@ TEXTS: dict[str, dict[str, str]] = {
               "`/chat message` 어시스턴트와 대화\n"
               "`/roleplay character message` 캐릭터와 대화\n"
               "`/character list|info|use|import` 캐릭터 목록, 카드 보기, 선택, 가져오기(관리자)\n"
+              "`/scene start|add|remove|auto|end|show` 여러 캐릭터가 함께하는 장면\n"
               "`/reset` 새 대화 · `/stop` 답변 멈추기 · `/lang` 언어 선택\n"
               "저를 멘션하거나 DM을 보내도 대화할 수 있어요. 스레드는 따로 대화를 기억하고, "
               "제 답변에 답장하면 그 대화가 이어져요.",
@@ -66,6 +76,7 @@ TEXTS: dict[str, dict[str, str]] = {
               "`/chat message` talk with the assistant\n"
               "`/roleplay character message` talk with a character\n"
               "`/character list|info|use|import` list, show, pick, import (admins) characters\n"
+              "`/scene start|add|remove|auto|end|show` a scene with several characters\n"
               "`/reset` new conversation · `/stop` stop my reply · `/lang` language\n"
               "You can also mention me or DM me. A thread keeps its own conversation, and replying "
               "to one of my messages continues that conversation.",

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from bot.http.context import ctx_of
 from bot.http.errors import ApiError, parse_body
+from bot.http.openai_scenes import SCENE_PREFIX, SceneCompletion, scene_characters, scene_turn
 from bot.i18n import describe, pick_lang
 from bot.streaming import deliver
 from engine.cards import Card
@@ -311,6 +312,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     engine = ctx_of(request).engine
     body = await _parse(request)
     lang = _api_lang(request)
+    if body.model.startswith(SCENE_PREFIX):
+        return await _scene(request, engine, body, lang)
     reply = engine.reply(_turn(engine, body, lang))
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -324,6 +327,21 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                      "logprobs": None, "finish_reason": _finish_reason(reply)}],
         "usage": usage_of(reply),
     })
+
+
+async def _scene(request: web.Request, engine: Engine, body: ChatRequest, lang: str) -> web.StreamResponse:
+    characters = scene_characters(engine, body.model)
+    if characters is None:
+        raise OpenAIError(404, f"The model {body.model!r} names no characters or an unknown one; GET /v1/models "
+                               f"lists them", param="model", code="model_not_found")
+    if body.messages[-1].role != "user":
+        raise OpenAIError(400, "messages: the last message must be the user's", param="messages")
+    messages = [(m.role, m.text(i), m.name) for i, m in enumerate(body.messages)]
+    speaker = f"openai:{body.user}" if body.user else f"openai:req:{uuid.uuid4().hex}"
+    chain = scene_turn(engine, characters, messages, speaker, lang, body.max_completion_tokens or body.max_tokens,
+                       body.temperature, body.top_p)
+    completion = SceneCompletion(request, chain, body.model, lang)
+    return await (completion.streamed() if body.stream else completion.whole())
 
 
 def setup(app: web.Application) -> None:

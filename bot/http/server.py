@@ -5,7 +5,7 @@ import logging
 
 from aiohttp import web
 
-from bot.http import admin, characters, health, legacy, openai_api
+from bot.http import admin, characters, health, legacy, openai_api, web_scenes
 from bot.http import web as web_page
 from bot.http.auth import make_auth_middleware
 from bot.http.context import CTX, HttpContext
@@ -14,7 +14,7 @@ from bot.http.errors import error_middleware
 log = logging.getLogger(__name__)
 
 # Route modules added by later features register here; each has setup(app) and may name open paths.
-ROUTE_MODULES = [health, legacy, admin, characters, openai_api, web_page]
+ROUTE_MODULES = [health, legacy, admin, characters, openai_api, web_page, web_scenes]
 
 
 def build_app(ctx: HttpContext) -> web.Application:

@@ -5,9 +5,13 @@ from __future__ import annotations
 COMMANDS: dict[str, list[tuple[str, str]]] = {
     "ko": [("start", "봇 소개"), ("help", "도움말"), ("chat", "일반 대화: /chat 메시지"),
            ("characters", "캐릭터 목록"), ("character", "캐릭터 선택: /character 이름"),
+           ("scene", "장면: /scene 이름 이름…"), ("scene_add", "장면에 캐릭터 추가"),
+           ("scene_remove", "장면에서 캐릭터 빼기"), ("scene_end", "장면 끝내기"),
            ("reset", "새 대화 시작"), ("stop", "답변 멈추기"), ("lang", "언어 설정: /lang ko|en")],
     "en": [("start", "What this bot does"), ("help", "Help"), ("chat", "Plain chat: /chat message"),
            ("characters", "List the characters"), ("character", "Pick a character: /character name"),
+           ("scene", "A scene: /scene name name…"), ("scene_add", "Bring a character into the scene"),
+           ("scene_remove", "Send a character out of the scene"), ("scene_end", "End the scene"),
            ("reset", "Start a new conversation"), ("stop", "Stop the reply"), ("lang", "Language: /lang ko|en")],
 }
 
@@ -20,10 +24,12 @@ TEXTS: dict[str, dict[str, str]] = {
     },
     "help": {
         "ko": "명령어:\n/chat 메시지 — 일반 대화\n/characters — 캐릭터 목록\n/character 이름 — 캐릭터 선택 "
-              "(/character off 로 해제)\n/reset — 새 대화 시작\n/stop — 답변 멈추기\n/lang ko|en — 언어 설정\n"
+              "(/character off 로 해제)\n/scene 이름 이름… — 여러 캐릭터의 장면 (/scene_add, /scene_remove, "
+              "/scene_auto N, /scene_end)\n/reset — 새 대화 시작\n/stop — 답변 멈추기\n/lang ko|en — 언어 설정\n"
               "그룹에서는 저를 멘션하거나 제 메시지에 답장하면 대답해요.",
         "en": "Commands:\n/chat message — plain chat\n/characters — list the characters\n/character name — "
-              "pick a character (/character off to leave it)\n/reset — start a new conversation\n/stop — stop the "
+              "pick a character (/character off to leave it)\n/scene name name… — a scene with several characters "
+              "(/scene_add, /scene_remove, /scene_auto N, /scene_end)\n/reset — start a new conversation\n/stop — stop the "
               "reply\n/lang ko|en — language\nIn groups, mention me or reply to my message.",
     },
     "chat_usage": {"ko": "사용법: /chat 메시지", "en": "Usage: /chat message"},
