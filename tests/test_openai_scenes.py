@@ -14,7 +14,7 @@ HISTORY = [{"role": "assistant", "name": "Wren", "content": "Boots off, coats on
 
 
 async def test_a_scene_model_names_the_speaker_of_each_message(http_api):
-    async with AsyncOpenAI(base_url=http_api + "/v1", api_key=API_KEY, max_retries=0, timeout=120) as client:
+    async with AsyncOpenAI(base_url=http_api + "/v1", api_key=API_KEY, max_retries=0, timeout=600) as client:
         r = await client.chat.completions.create(model="scene:Wren,Mina", max_tokens=16, messages=HISTORY)
     assert [c.message.model_extra["name"] for c in r.choices] == ["Mina", "Wren"]     # in the order named
     assert all(c.message.content.strip() and c.message.role == "assistant" for c in r.choices)

@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 import uuid
 from pathlib import Path
 
 import pytest
 
-from engine.backends.base import Finish
 from engine.cards import Card, CharacterRegistry
 from engine.engine import Engine
 from engine.errors import CharacterNotHere, NoScene, SceneFull, UnknownCharacter
@@ -17,6 +15,7 @@ from engine.scenes import Scene, Scenes, mentioned, next_speakers, parse_names, 
 from engine.scenes.prompt import Line, build_scene_prompt
 from engine.settings import CharacterEntry, SceneSettings
 from engine.types import Speaker, Turn
+from tests.test_discord import Scripted
 
 ROOT = Path(__file__).resolve().parents[1]
 NUDGE_MINA = "[Write the next reply only as Mina.]"
@@ -98,41 +97,9 @@ def test_the_scene_prompt_labels_lines_describes_the_others_and_nudges():
 
 # --- the engine, with a scripted model where the test needs control over time -----------------------
 
-class Scripted:
-    """A TextGenerator writing one fixed text in pieces; remembers every prompt it was given."""
-
-    n_ctx = 8192
-
-    def __init__(self, text: str, delay: float = 0.0, chunk: int = 8):
-        self.text, self.delay, self.chunk = text, delay, chunk
-        self.prompts: list[str] = []
-
-    def render(self, messages):
-        return "\n".join(f"<{m['role']}>{m['content']}" for m in messages)
-
-    def count_tokens(self, text):
-        return len(text) // 4
-
-    def generate(self, prompt, sampling, cancel: threading.Event, emit):
-        self.prompts.append(prompt)
-        for i in range(0, len(self.text), self.chunk):
-            if cancel.is_set():
-                return Finish(tokens=i // 4, reason="cancelled")
-            emit(self.text[i:i + self.chunk])
-            if self.delay:
-                cancel.wait(self.delay)
-        return Finish(tokens=len(self.text) // 4)
-
-    def info(self):
-        return {"name": "scripted"}
-
-    def close(self):
-        pass
-
-
 def scripted(engine, text: str = "The tide is turning, friends.", delay: float = 0.0, *, characters=None,
              settings: SceneSettings | None = None) -> tuple[Engine, Scripted]:
-    backend = Scripted(text, delay)
+    backend = Scripted(text, delay, chunk=8)
     model = Engine.make_model("chat", engine.models["chat"].cfg, backend)
     eng = Engine(models={"chat": model, "roleplay": model}, store=engine.store, limits=engine.limits,
                  cards_cfg=engine.cards_cfg, characters=characters or engine.characters,

@@ -76,15 +76,18 @@ class SceneCompletion:
             return {**self._head("chat.completion.chunk"),
                     "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}]}
 
+        speeches = aiter(self.chain)
+        speech = await anext(speeches, None)      # a refusal before the first speech stays a plain HTTP error
         await response.prepare(self.request)
         index = 0
         try:
-            async for speech in self.chain:
+            while speech is not None:
                 await event(chunk(index, {"role": "assistant", "name": speech.character, "content": ""}))
                 async for piece in speech:
                     await event(chunk(index, {"content": piece}))
                 await event(chunk(index, {}, "stop"))
                 index += 1
+                speech = await anext(speeches, None)
         except EngineError as e:
             await event({"error": {"message": describe(e, self.lang), "type": "server_error", "param": None,
                                    "code": e.code}})
