@@ -6,7 +6,9 @@ import json
 import aiohttp
 import pytest
 
-from sidecar_app import config, llamacpp_model, running_app
+from engine.engine import Engine
+from sidecar_app import config, running_app
+from test_discord import Scripted
 from test_web import READY, WRITING, Browser, type_and_send
 
 HOSTILE = "*waves* **hi** <img src=x onerror=\"window.pwned=1\"> `x` <script>window.pwned=2</script>\n```\nrm -rf\n```"
@@ -14,9 +16,11 @@ HOSTILE = "*waves* **hi** <img src=x onerror=\"window.pwned=1\"> `x` <script>win
 
 @pytest.fixture(scope="module")
 async def sidecar(tmp_path_factory):
-    cfg = config(chat=llamacpp_model(max_new_tokens={"policy": "fixed", "fixed": 16}),
-                 roleplay=llamacpp_model(max_new_tokens={"policy": "fixed", "fixed": 16}, temperature=0.8))
-    async with running_app(tmp_path_factory.mktemp("web-scenes"), cfg) as (app, url):
+    async with running_app(tmp_path_factory.mktemp("web-scenes"), config()) as (app, url):
+        # The page is what is tested here: a scripted model writes the replies (the real one in test_scenes.py).
+        model = Engine.make_model("roleplay", app.engine.models["roleplay"].cfg,
+                                  Scripted("*smiles* Tteokbokki first, then **hotteok**.", delay=0.01, chunk=6))
+        app.engine.models.update(chat=model, roleplay=model)
         yield app, url
 
 
@@ -36,7 +40,7 @@ async def test_pick_a_scene_each_reply_shows_its_avatar_and_name_and_markup_stay
                    "document.getElementById('scene-pick').requestSubmit(); true")
         await b.until("document.querySelectorAll('#cast img').length === 2")
         names = "[...document.querySelectorAll('.msg.assistant .who span')].map(s => s.textContent)"
-        assert await b.until(f"{names}.length === 2 && {names}") == ["Wren", "Mina"]
+        assert await b.until(f"{names}.length === 2 && {names}") == ["Mina", "Wren"]      # the order of the list
 
         await type_and_send(b, "Mina, what should we eat?")
         await b.until(f"{names}.length === 3 && !{WRITING}", timeout_s=120)

@@ -94,7 +94,7 @@ class SceneHandlers:
             if scene is not None:
                 await self._say(out, "scene_present", names=", ".join(present) or "—", auto=scene.auto_turns)
             return await self._say(out, "scene_pick", reply_markup=self._keyboard(where, present))
-        names, unknown = parse_names(args, self.h.characters.names(where) or self.engine.characters.names())
+        names, unknown = parse_names(args, self.engine.characters.names() if self.engine.characters else [])
         if unknown:
             return await self._say(out, "scene_unknown", names=", ".join(unknown))
 

@@ -125,6 +125,14 @@ class SceneTurn:
             if self.stored:
                 await scenes.store.add_line(scene.conversation_id, line, request_key=turn.request_key)
             lines.append(line)
+        try:
+            async for speech in self._turns(scene, lines):
+                yield speech
+        finally:
+            scenes.release(scene.scope, self._chain)
+
+    async def _turns(self, scene: Scene, lines: list[Line]) -> AsyncIterator[Speech]:
+        scenes, turn = self.scenes, self.turn
         present = scenes.present(scene)
         named = mentioned(turn.text, present)
         for i in range(max(scene.auto_turns, len(named), 1)):
@@ -153,7 +161,8 @@ class SceneTurn:
         if self.stored:
             await self.scenes.store.add_line(scene.conversation_id, line, status=speech.status, durable=True,
                                              meta={"model": speech.reply.model})
-            await self.scenes.save(scene)
+            if self.scenes.current(scene):          # an ended or restarted scene is not brought back
+                await self.scenes.save(scene)
 
 
 class Scenes:
@@ -279,6 +288,10 @@ class Scenes:
             return 1
         return 0
 
+    def current(self, scene: Scene) -> bool:
+        """Is ``scene`` still its scope's scene (not ended or replaced meanwhile)?"""
+        return self._cache.get(scene.scope) is scene
+
     async def save(self, scene: Scene) -> None:
         await self.store.save(scene)
         self._cache[scene.scope] = scene
@@ -326,6 +339,11 @@ class Scenes:
                 await asyncio.wait_for(current.finished.wait(), TAKE_OVER_WAIT_S)
             except asyncio.TimeoutError:
                 log.warning("scene %s: the previous reply did not end in %.0fs", scope, TAKE_OVER_WAIT_S)
+
+    def release(self, scope: str, chain: _Chain) -> None:
+        """Forget a finished chain (a newer one may have taken its place already)."""
+        if self._chains.get(scope) is chain:
+            del self._chains[scope]
 
     def pick(self, present: list[str], lines: list[Line], last_speaker: str | None) -> str:
         """The next speaker after the last line: a character it names (not its own speaker), else a draw."""
