@@ -64,7 +64,7 @@ async def test_pick_a_scene_each_reply_shows_its_avatar_and_name_and_markup_stay
                            "strong: m.querySelector('strong') && m.querySelector('strong').textContent, "
                            "pre: m.querySelector('pre') && m.querySelector('pre').textContent, "
                            "tags: [...m.querySelectorAll('*')].map(e => e.tagName.toLowerCase()), "
-                           "pwned: window.pwned || 0}}; })()")
+                           "pwned: window.pwned || 0}; })()")
         assert shown["text"] == HOSTILE                      # exactly what was written, markers included
         assert shown["em"] == "*waves*" and shown["strong"] == "**hi**" and shown["pre"] == "```\nrm -rf\n```"
         assert set(shown["tags"]) <= {"em", "strong", "code", "pre", "span"}

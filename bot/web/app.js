@@ -69,6 +69,7 @@ function addMessage(role, text, extraClass, speaker) {
     el.append(who);
   }
   el.body = document.createElement("div");
+  el.body.className = "body";
   el.append(el.body);
   setText(el, text);
   log.appendChild(el);
