@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from engine.backends.base import Sampling, TextGenerator
+from engine.backends.openai_backend import MESSAGES_MARK
 from engine.cards import CharacterRegistry, build_roleplay_parts, card_to_dict, card_to_png, load_card
 from engine.cards.macros import apply_macros
 from engine.cleaning import StreamCleaner
@@ -263,7 +264,10 @@ class Engine:
             sampling = self._sampling(model, turn, card)
             parts = self._parts(model, turn, card, history)
             budget = model.backend.n_ctx - sampling.max_new_tokens
-            prompt = reply.prompt = model.backend.render(fit(parts, model.count, budget))
+            prompt = model.backend.render(fit(parts, model.count, budget))
+            if turn.cue and turn.cue.prefill and not prompt.startswith(MESSAGES_MARK):
+                prompt += turn.cue.prefill          # a server that applies its own template gets messages
+            reply.prompt = prompt
             # A scene labels lines with the name people see, so that is the prefix a reply may open with.
             shown = (card.display_name if turn.cue else card.name) if card else ""
             cleaner = StreamCleaner(model.cfg.clean, sampling.stop, shown)

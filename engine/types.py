@@ -37,11 +37,14 @@ class Cue:
     """What a turn among several speakers (a scene) adds to the roleplay prompt.
 
     ``context`` is system text after the character's card (the others
-    present); ``stop`` are more stop strings (their names followed by ":").
+    present); ``stop`` are more stop strings (their names followed by ":");
+    ``prefill`` opens the reply ("Wren:") where the prompt is text, so the
+    model goes on as that speaker instead of labelling a line as someone else.
     """
 
     context: str = ""
     stop: tuple[str, ...] = ()
+    prefill: str = ""
 
 
 @dataclass

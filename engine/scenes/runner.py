@@ -362,4 +362,4 @@ class Scenes:
         sp = build_scene_prompt(card, others, lines, user_name, self.settings.nudge, self.settings.description_chars)
         return Turn(speaker=Speaker(turn.speaker.id, user_name, turn.speaker.lang), scope=scene.scope, text=sp.text,
                     mode="roleplay", character=who, remember=False, history=sp.history, params=turn.params,
-                    cue=Cue(sp.context, sp.stop))
+                    cue=Cue(sp.context, sp.stop, prefill=f"{who}:"))
