@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 LLAMA_VERSION := 0.3.36
-# cpu: the portable CPU build (GGML_NATIVE=ON segfaults on these CPUs, AMX; see FACTS.md); cuda: layer offload to GPUs.
+# cpu: the portable CPU build (GGML_NATIVE=ON segfaults on CPUs with unusable AMX; see docs/llama-cpp-build.md); cuda: layer offload to GPUs.
 LLAMA_FLAVOR ?= cpu
 LLAMA_CMAKE_ARGS_cpu := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON
 LLAMA_CMAKE_ARGS_cuda := -DGGML_CUDA=ON -DGGML_NATIVE=OFF

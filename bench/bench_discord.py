@@ -83,7 +83,7 @@ async def _latency(engine, cfg) -> tuple[float, float]:
         for i in range(ROUNDS + 1):
             inter = await fake.slash("chat", [{"name": "message", "type": 3, "value": PROMPT}], user_id=900 + i)
             at = await fake.wait_for(lambda it=inter: _first_text_at(fake, it), 300)
-            await engine.stop(f"discord:{900 + i}")                # the rest of the reply is not measured
+            await engine.stop_replies_of(f"discord:{900 + i}")        # the rest of the reply is not measured
             await fake.wait_for(lambda n=i + 1: surface.conversations.replies_done >= n, 300)
             if i:                                                  # the first round warms the bot path
                 bot.append(at - inter.sent_at)
@@ -131,7 +131,7 @@ async def _flood(engine, cfg, paced: bool) -> dict:
     mcfg = engine.models["chat"].cfg.model_copy(update={"concurrency": CONVERSATIONS, "queue_limit": 100})
     model = Engine.make_model("chat", mcfg, _Scripted())
     scripted = Engine(models={"chat": model, "roleplay": model}, store=engine.store, limits=engine.limits,
-                      cards_cfg=engine.cards_cfg, characters=engine.characters)
+                      cards_cfg=engine.cards_cfg, characters=engine.registry)
     fake = await FakeDiscord(channel_limit=(5, 5.0), channels=CHANNELS).start()
     pacing = {} if paced else {"channel_edits": 10_000, "channel_edit_window_s": 0.001}
     surface = make_surface(scripted, _loaded(fake, cfg, edit_interval_s=1.0, **pacing))

@@ -77,7 +77,7 @@ async def _latency() -> tuple[float, float]:
                 update_id = fake.send_text(chat, PROMPT)
                 await fake.wait_for(lambda c=chat: fake.calls_of("sendMessageDraft", c), timeout=300)
                 took = fake.calls_of("sendMessageDraft", chat)[0].t - fake.handed_out[update_id]
-                await engine.stop(f"telegram:{chat}")               # the rest of the reply is not measured
+                await engine.stop_replies_of(f"telegram:{chat}")       # the rest of the reply is not measured
                 await fake.wait_for(lambda c=chat: fake.calls_of("sendMessage", c), timeout=300)
                 if i:                                              # the first round warms the bot path
                     bot.append(took)

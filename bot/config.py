@@ -1,15 +1,16 @@
 """Load bot.yaml and the environment into one typed, frozen AppConfig; errors name the key and its line."""
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote_plus
 
 import yaml
 from dotenv import dotenv_values
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from bot.discord.config import DiscordConfig
 from bot.telegram.config import TelegramConfig
@@ -23,9 +24,36 @@ class HttpConfig(Strict):
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     max_input_chars: int = Field(500, ge=1)  # /Llama_stream and /Lumimaid_stream, as the older server
     max_history: int = Field(20, ge=1)       # /chatweb turns kept
+    header_timeout_s: float = Field(15.0, gt=0, le=3600)   # to send the request line and headers; also keep-alive idle
+    body_timeout_s: float = Field(30.0, gt=0, le=3600)     # to send the whole body once the headers are in
     human_tag: str = "### 사용자"
     ai_tag: str = "### AI"
     stop_strings: tuple[str, ...] = ("### 사용자", "### AI", "###")
+
+    @field_validator("allow_ips")
+    @classmethod
+    def _networks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for i, net in enumerate(v):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"entry {i + 1} ({net!r}) is not an IP address or network such as 10.0.0.0/8") \
+                    from None
+        return v
+
+
+class LoggingConfig(Strict):
+    """Where the log goes; ``--log-level`` overrides ``level``."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    file: str | None = None                   # e.g. logs/bot.log: relative paths are under --data-dir
+    max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    backups: int = Field(5, ge=0, le=1000)
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, v):
+        return v.upper() if isinstance(v, str) else v
 
 
 class AppConfig(Strict):
@@ -39,6 +67,7 @@ class AppConfig(Strict):
     scenes: SceneSettings = SceneSettings()
     discord: DiscordConfig = DiscordConfig()
     telegram: TelegramConfig = TelegramConfig()
+    logging: LoggingConfig = LoggingConfig()
 
 
 @dataclass(frozen=True)

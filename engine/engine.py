@@ -1,4 +1,4 @@
-"""The engine facade: owns both models and the store; turns a Turn into a stream of reply text."""
+"""The engine: owns the models, the store and the characters; implements the EngineAPI (engine/api.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -9,8 +9,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
+from engine.api import ModelLimits
 from engine.backends.base import Sampling, TextGenerator
 from engine.backends.openai_backend import MESSAGES_MARK
 from engine.cards import CharacterRegistry, build_roleplay_parts, card_to_dict, card_to_png, load_card
@@ -24,6 +25,7 @@ from engine.prompts import Block, PromptParts, fit
 from engine.scenes import Scenes, SceneTurn
 from engine.scheduler import ModelQueue, Stats
 from engine.settings import SceneSettings
+from engine.store.journal import Journal
 from engine.store.repository import Store
 from engine.types import Turn
 
@@ -46,7 +48,7 @@ class Model:
 
 @dataclass(eq=False)
 class Reply:
-    """One reply being written. Iterate it for text pieces; ``text`` is their concatenation."""
+    """One reply being written (a ReplyStream). Iterate it once for text pieces; ``text`` is their concatenation."""
 
     engine: "Engine"
     turn: Turn
@@ -55,26 +57,34 @@ class Reply:
     conversation_id: str | None = None
     model: str | None = None
     stats: Stats = field(default_factory=Stats)
-    cancel: threading.Event = field(default_factory=threading.Event)
+    halt: threading.Event = field(default_factory=threading.Event)   # seen by the generating thread
     stop_reason: str | None = None    # "user" (/stop), "shutdown"; None while not stopped
     prompt: str = ""                  # the rendered prompt, for tests and debugging
+    _started: bool = False
 
     def __aiter__(self) -> AsyncIterator[str]:
+        if self._started:
+            # A second pass would generate (and store) a second reply to the same message.
+            raise RuntimeError("a reply can be iterated only once; read .text for what it wrote")
+        self._started = True
         return self.engine._run(self)
 
-    def stop(self, reason: str = "user") -> None:
+    def cancel(self, reason: str = "user") -> None:
         """End the reply within one token; it then raises GenerationCancelled after its partial text."""
         self.stop_reason = self.stop_reason or reason
-        self.cancel.set()
+        self.halt.set()
+        self.engine.gate.wake()
 
 
 class _UserGate:
-    """Per-user in-flight and per-minute limits."""
+    """Per-user in-flight and per-minute limits; a waiting reply wakes when a slot frees or it is cancelled."""
 
     def __init__(self, per_user: int, policy: str, per_minute: int):
         self.per_user, self.policy, self.per_minute = per_user, policy, per_minute
         self.inflight: dict[str, list[Reply]] = collections.defaultdict(list)
         self.recent: dict[str, collections.deque] = collections.defaultdict(collections.deque)
+        self._changed = asyncio.Condition()
+        self._wakers: set[asyncio.Task] = set()
 
     async def enter(self, reply: Reply) -> None:
         uid = reply.turn.speaker.id
@@ -85,37 +95,83 @@ class _UserGate:
             if len(window) >= self.per_minute:
                 raise RateLimitedUser(seconds=int(61 - (now - window[0])))
             window.append(now)
-        while len(self.inflight[uid]) >= self.per_user:
-            if self.policy == "refuse":
-                raise UserBusy(f"{uid} has {len(self.inflight[uid])} in flight")
-            if reply.cancel.is_set():
-                raise GenerationCancelled("stopped while waiting")
-            await asyncio.sleep(0.05)
-        self.inflight[uid].append(reply)
+        async with self._changed:
+            while len(self.inflight[uid]) >= self.per_user:
+                if self.policy == "refuse":
+                    raise UserBusy(f"{uid} has {len(self.inflight[uid])} in flight")
+                if reply.halt.is_set():
+                    raise GenerationCancelled("stopped while waiting")
+                await self._changed.wait()
+            self.inflight[uid].append(reply)
 
-    def leave(self, reply: Reply) -> None:
+    async def leave(self, reply: Reply) -> None:
         uid = reply.turn.speaker.id
         if reply in self.inflight.get(uid, []):
             self.inflight[uid].remove(reply)
             if not self.inflight[uid]:
                 del self.inflight[uid]
+        await self._notify()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    def wake(self) -> None:
+        """Let waiting replies look again (one of them may have been cancelled); safe outside a loop."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return                  # no loop: nobody can be waiting
+        task = loop.create_task(self._notify())
+        self._wakers.add(task)
+        task.add_done_callback(self._wakers.discard)
 
     def of(self, uid: str) -> list[Reply]:
         return list(self.inflight.get(uid, []))
 
 
+class _NoCharacters:
+    """The character view of an engine built without characters: nothing on offer."""
+
+    def names(self) -> list[str]:
+        return []
+
+    def entries(self) -> list:
+        return []
+
+    def character(self, name: str) -> None:
+        return None
+
+    def get(self, name: str) -> None:
+        return None
+
+    def allowed(self, name: str, scope) -> bool:
+        return False
+
+    def greeting(self, name: str, user_name: str, rng=None, *, group: bool = False) -> str:
+        raise UnknownCharacter(f"no character named {name!r}", name=name)
+
+
 class Engine:
+    """The engine behind the EngineAPI (engine/api.py): models, store and characters, one reply path.
+
+    Surfaces call only the EngineAPI methods; ``models``, ``store`` and
+    ``registry`` are the engine's own parts (tests and the engine read them).
+    """
+
     def __init__(self, *, models: dict[str, Model], store: Store, limits, cards_cfg, characters=None,
                  metrics: EngineMetrics | None = None, on_close=(), scenes_cfg: SceneSettings | None = None):
         self.models = models
         self.store = store
         self.limits = limits
         self.cards_cfg = cards_cfg
-        self.characters = characters
+        self.registry: CharacterRegistry | None = characters
         self.metrics = metrics or NoMetrics()
         self.gate = _UserGate(limits.per_user_in_flight, limits.busy_policy, limits.requests_per_minute)
         self._on_close = list(on_close)
         self._replies: set[Reply] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.scenes = Scenes(self, scenes_cfg or SceneSettings())
 
     # construction ----------------------------------------------------------------------------
@@ -125,40 +181,126 @@ class Engine:
         queue = ModelQueue(role, backend, cfg.concurrency, cfg.queue_limit, cfg.timeout_s)
         return Model(role, cfg, backend, queue, make_classifier(cfg.max_new_tokens))
 
-    # conversations -----------------------------------------------------------------------------
+    # replies ------------------------------------------------------------------------------------
 
     def reply(self, turn: Turn) -> Reply:
-        """A reply to ``turn``; nothing happens until it is iterated."""
+        """A reply to ``turn``; nothing happens until it is iterated (once)."""
         return Reply(self, turn)
 
-    async def stop(self, speaker_id: str) -> int:
+    async def stop_replies_of(self, speaker_id: str) -> int:
         """Cancel the speaker's replies in progress (queued or generating); how many."""
         replies = self.gate.of(speaker_id)
         for r in replies:
-            r.stop("user")
+            r.cancel("user")
         return len(replies)
 
-    async def reset(self, speaker_id: str, scope: str) -> int:
-        """Start new conversations for the speaker in this scope, and end its scene; old ones stay stored."""
+    # conversations -----------------------------------------------------------------------------
+
+    async def reset(self, owner: str, scope: str) -> int:
+        """Start new conversations for the owner in this scope, and end its scene; old ones stay stored."""
         ended = await self.scenes.end(scope)
-        return await self.store.reset(speaker_id, scope) + int(ended)
+        return await self.store.reset(owner, scope) + int(ended)
+
+    # scenes: several characters in one scope (engine/scenes) -------------------------------------
+
+    async def scene(self, scope: str):
+        """The scope's scene, or None."""
+        return await self.scenes.get(scope)
+
+    async def start_scene(self, scope: str, names: list[str], by, scopes=None):
+        """A new scene with these characters (replacing the scope's); (scene, their greetings)."""
+        return await self.scenes.start(scope, names, by, scopes)
+
+    async def add_to_scene(self, scope: str, name: str, by, scopes=None):
+        """(scene, the greeting of the character that joined, or None if it was there)."""
+        return await self.scenes.add(scope, name, by, scopes)
+
+    async def remove_from_scene(self, scope: str, name: str):
+        return await self.scenes.remove(scope, name)
+
+    async def set_scene_auto(self, scope: str, turns: int):
+        """Character turns after each human message (0: only the characters asked answer)."""
+        return await self.scenes.set_auto(scope, turns)
+
+    async def end_scene(self, scope: str) -> bool:
+        return await self.scenes.end(scope)
+
+    def stop_scene_replies(self, scope: str) -> int:
+        """Stop the scope's chain of character replies (no more turns; the one being written ends)."""
+        return self.scenes.stop_replies_in(scope)
 
     def scene_turn(self, turn: Turn) -> SceneTurn:
         """The characters of ``turn.scope``'s scene answering ``turn`` (see engine.scenes.SceneTurn)."""
         return self.scenes.turn(turn)
 
+    def kept_scene_turn(self, turn: Turn, characters: list[str], lines) -> SceneTurn:
+        """The same in a scene the caller keeps (an API request with its history); nothing is stored."""
+        return self.scenes.stateless(turn, characters, lines)
+
     async def history(self, conversation_id: str, limit: int = 100) -> list[dict]:
         return await self.store.recent_messages(conversation_id, limit)
+
+    async def conversation(self, conversation_id: str) -> dict | None:
+        return await self.store.get_conversation(conversation_id)
+
+    async def conversations_of(self, owner: str, limit: int = 50) -> list[dict]:
+        return await self.store.conversations_of(owner, limit)
+
+    async def active_conversation(self, owner: str, scope: str, mode: str, character: str | None = None) -> str:
+        """The owner's active conversation in a scope (created if none), e.g. one a whole group shares."""
+        return await self.store.active_conversation(owner, scope, mode, character if mode == "roleplay" else None)
 
     async def conversation_for(self, turn: Turn) -> str:
         """The conversation a turn continues (created if none is active)."""
         if turn.conversation_id:
             return turn.conversation_id
         character = turn.character or (turn.card.name if turn.card is not None else None)
-        return await self.store.active_conversation(turn.speaker.id, turn.scope, turn.mode,
-                                                    character if turn.mode == "roleplay" else None)
+        return await self.active_conversation(turn.speaker.id, turn.scope, turn.mode, character)
 
-    # characters imported at run time ----------------------------------------------------------
+    async def link_message(self, key: str, conversation_id: str) -> None:
+        """Remember which conversation a platform message belongs to (reply chains)."""
+        await self.store.link(key, conversation_id)
+
+    async def linked_conversation(self, key: str) -> str | None:
+        return await self.store.linked(key)
+
+    # preferences ---------------------------------------------------------------------------------
+
+    async def preference(self, owner: str, key: str) -> Any:
+        return await self.store.get_pref(owner, key)
+
+    async def set_preference(self, owner: str, key: str, value: Any) -> None:
+        """Keep a preference; None forgets it."""
+        await self.store.set_pref(owner, key, value)
+
+    async def active_character(self, owner: str, scope: str) -> str | None:
+        """The character the owner chose for a scope, or None (plain chat)."""
+        return await self.preference(owner, f"character|{scope}")
+
+    async def set_active_character(self, owner: str, scope: str, name: str | None) -> None:
+        await self.set_preference(owner, f"character|{scope}", name)
+
+    async def language(self, user_id: str) -> str | None:
+        """The language a user chose (/lang), or None."""
+        return await self.preference(user_id, "lang")
+
+    async def set_language(self, user_id: str, lang: str | None) -> None:
+        await self.set_preference(user_id, "lang", lang)
+
+    # characters ---------------------------------------------------------------------------------
+
+    def characters(self):
+        """A read-only view of the characters on offer."""
+        return self.registry if self.registry is not None else _NoCharacters()
+
+    def card_limits(self):
+        """Size limits for card files (a surface checks them before downloading one)."""
+        return self.cards_cfg.limits
+
+    async def watch_characters(self, reload) -> None:
+        """Follow changes to card files and (through ``reload``) bot.yaml until cancelled."""
+        if self.registry is not None:
+            await self.registry.watch(reload)
 
     async def import_card(self, data: bytes, by: str):
         """Validate a card (PNG or JSON), keep it in the store, offer it on every surface at once; its Character.
@@ -168,16 +310,167 @@ class Engine:
         card = load_card(data, self.cards_cfg.limits)
         blob = card_to_png(card, card.image, self.cards_cfg.limits)
         await self.store.save_character(card.display_name, card_to_dict(card), blob, by)
-        return self.characters.add_imported(load_card(blob, self.cards_cfg.limits))
+        return self.registry.add_imported(load_card(blob, self.cards_cfg.limits))
 
-    # the reply pipeline ------------------------------------------------------------------------
+    # models and operations ----------------------------------------------------------------------
+
+    def model_limits(self, role: str) -> ModelLimits:
+        model = self.models[role]
+        most = model.cfg.max_new_tokens
+        return ModelLimits(role=role, n_ctx=model.backend.n_ctx, stop=tuple(model.cfg.stop),
+                           max_new_tokens=most.fixed if most.policy == "fixed" else most.high)
+
+    def model_info(self) -> dict[str, dict]:
+        return {role: m.backend.info() for role, m in self.models.items()}
+
+    async def database_names(self) -> list[str]:
+        return await self.store.database_names()
+
+    async def collection_names(self, db_name: str) -> list[str] | None:
+        return await self.store.collection_names(db_name)
+
+    def platform_store(self, name: str) -> Journal:
+        """A surface's own journal of received events, kept apart from every other surface's."""
+        return Journal(self.store, name)
+
+    # the reply path ------------------------------------------------------------------------------
+
+    async def _run(self, reply: Reply) -> AsyncIterator[str]:
+        """Answer one turn, in named steps:
+
+        1. gate: check the input, pick card and model, wait for the user's slot;
+        2. replay: a request already answered (same request key) gets that answer;
+        3. remember: note the user, read the memory, store the user's message;
+        4. prompt: sampling settings and the prompt fitted to the context;
+        5. generate: raw pieces from the model's queue;
+        6. clean: stop strings and stray marks removed as pieces stream;
+        7. store: the reply (a partial one too, with its status) is kept.
+        """
+        turn = reply.turn
+        card, model = await self._gate(reply)
+        error: str | None = None
+        replayed = False
+        self.metrics.reply_started(model.role)
+        try:
+            done = await self._replay(reply)
+            if done is not None:
+                replayed = True
+                yield done
+                return
+            history = await self._remember(reply, card)
+            prompt, sampling = self._prompt(reply, model, card, history)
+            # A scene labels lines with the name people see, so that is the prefix a reply may open with.
+            shown = (card.display_name if reply.turn.cue else card.name) if card else ""
+            cleaner = StreamCleaner(model.cfg.clean, sampling.stop, shown)
+            async for out in self._clean(reply, cleaner, self._generate(reply, model, prompt, sampling)):
+                yield out
+            if reply.stop_reason:
+                raise GenerationCancelled(f"stopped ({reply.stop_reason})")
+            if not reply.text.strip():
+                raise EmptyReply("the model produced no text")
+            reply.status = "done"
+        except EngineError as e:
+            error = e.code
+            reply.status = "cancelled" if isinstance(e, GenerationCancelled) else "error"
+            raise
+        except BaseException:
+            error = "cancelled"
+            reply.status = "cancelled"
+            reply.halt.set()
+            raise
+        finally:
+            await self._leave(reply, model, error)
+            if turn.remember and reply.conversation_id and reply.text.strip() and not replayed:
+                await self._store(reply, model)
+
+    async def _gate(self, reply: Reply) -> tuple[object, Model]:
+        turn = reply.turn
+        if len(turn.text) > self.limits.max_input_chars:
+            raise InputTooLong(limit=self.limits.max_input_chars)
+        card = self._card_for(turn)
+        model = self._model_for(turn)
+        reply.model = model.role
+        await self.gate.enter(reply)
+        self._replies.add(reply)
+        self._idle.clear()
+        return card, model
+
+    async def _leave(self, reply: Reply, model: Model, error: str | None) -> None:
+        await self.gate.leave(reply)
+        self._replies.discard(reply)
+        if not self._replies:
+            self._idle.set()
+        self.metrics.queue_depth(model.role, model.queue.depth)
+        self.metrics.reply_finished(model.role, tokens=reply.stats.finish.tokens if reply.stats.finish else 0,
+                                    gen_s=reply.stats.gen_s, ttft_s=reply.stats.ttft_s, error=error)
+
+    async def _replay(self, reply: Reply) -> str | None:
+        """The stored answer to a request seen before (then nothing is generated), else None."""
+        turn = reply.turn
+        if not turn.remember:
+            return None
+        reply.conversation_id = await self.conversation_for(turn)
+        if turn.request_key:
+            done = await self.store.find_reply(reply.conversation_id, turn.request_key)
+            if done:
+                reply.text, reply.status = done["content"], "done"
+                return done["content"]
+        await self.store.touch_user(turn.speaker.id, turn.speaker.name, turn.speaker.lang)
+        return None
+
+    async def _remember(self, reply: Reply, card) -> list[dict]:
+        history = await self._history(reply, card)
+        if reply.turn.remember:
+            await self.store.add_message(reply.conversation_id, "user", reply.turn.text,
+                                         request_key=reply.turn.request_key)
+        return history
+
+    def _prompt(self, reply: Reply, model: Model, card, history: list[dict]) -> tuple[str, Sampling]:
+        sampling = self._sampling(model, reply.turn, card)
+        parts = self._parts(model, reply.turn, card, history)
+        budget = model.backend.n_ctx - sampling.max_new_tokens
+        prompt = model.backend.render(fit(parts, model.count, budget))
+        cue = reply.turn.cue
+        if cue and cue.prefill and not prompt.startswith(MESSAGES_MARK):
+            prompt += cue.prefill           # a server that applies its own template gets messages instead
+        reply.prompt = prompt
+        return prompt, sampling
+
+    async def _generate(self, reply: Reply, model: Model, prompt: str, sampling: Sampling) -> AsyncIterator[str]:
+        reply.status = "queued"
+        self.metrics.queue_depth(model.role, model.queue.depth + 1)
+        async for raw in model.queue.stream(prompt, sampling, reply.halt, reply.stats):
+            reply.status = "running"
+            yield raw
+
+    async def _clean(self, reply: Reply, cleaner: StreamCleaner, raw: AsyncIterator[str]) -> AsyncIterator[str]:
+        async for piece in raw:
+            out = cleaner.feed(piece)
+            if out:
+                reply.text += out
+                yield out
+            if cleaner.stopped and not reply.halt.is_set():
+                # Let the model see it within one token and drain, so its slot is free when we return.
+                reply.halt.set()
+        if cleaner.stopped and reply.stats.finish is not None:
+            reply.stats.finish.reason = "stop"
+        tail = cleaner.finish()
+        if tail:
+            reply.text += tail
+            yield tail
+
+    async def _store(self, reply: Reply, model: Model) -> None:
+        # Partial replies (stopped, timed out) are kept too, marked with their status.
+        await self.store.add_message(
+            reply.conversation_id, "assistant", reply.text, request_key=reply.turn.request_key,
+            status=reply.status, meta={"model": model.role}, durable=True)
 
     def _card_for(self, turn: Turn):
         if turn.mode != "roleplay":
             return None
         if turn.card is not None:
             return turn.card
-        card = self.characters.get(turn.character) if (self.characters and turn.character) else None
+        card = self.registry.get(turn.character) if (self.registry and turn.character) else None
         if card is None:
             raise UnknownCharacter(f"no character {turn.character!r}")
         return card
@@ -185,7 +478,7 @@ class Engine:
     def _model_for(self, turn: Turn) -> Model:
         if turn.mode == "chat":
             return self.models["chat"]
-        found = self.characters.character(turn.character) if (turn.character and self.characters) else None
+        found = self.registry.character(turn.character) if (turn.character and self.registry) else None
         return self.models[found.model if found else "roleplay"]
 
     def _sampling(self, model: Model, turn: Turn, card) -> Sampling:
@@ -214,8 +507,8 @@ class Engine:
         return parts
 
     def _greeting(self, card, turn: Turn) -> str:
-        if turn.character and self.characters:
-            return self.characters.greeting(turn.character, turn.speaker.name)
+        if turn.character and self.registry:
+            return self.registry.greeting(turn.character, turn.speaker.name)
         choices = card.greetings()
         return apply_macros(random.choice(choices), card.display_name, turn.speaker.name) if choices else ""
 
@@ -235,85 +528,6 @@ class Engine:
                     await self.store.add_message(reply.conversation_id, "assistant", greeting, meta={"greeting": True})
         return history
 
-    async def _run(self, reply: Reply) -> AsyncIterator[str]:
-        turn = reply.turn
-        if len(turn.text) > self.limits.max_input_chars:
-            raise InputTooLong(limit=self.limits.max_input_chars)
-        card = self._card_for(turn)
-        model = self._model_for(turn)
-        reply.model = model.role
-        await self.gate.enter(reply)
-        self._replies.add(reply)
-        error: str | None = None
-        replayed = False
-        self.metrics.reply_started(model.role)
-        try:
-            if turn.remember:
-                reply.conversation_id = await self.conversation_for(turn)
-                if turn.request_key:
-                    done = await self.store.find_reply(reply.conversation_id, turn.request_key)
-                    if done:                       # a replayed request: answer as before, generate nothing
-                        replayed = True
-                        reply.text, reply.status = done["content"], "done"
-                        yield done["content"]
-                        return
-                await self.store.touch_user(turn.speaker.id, turn.speaker.name, turn.speaker.lang)
-            history = await self._history(reply, card)
-            if turn.remember:
-                await self.store.add_message(reply.conversation_id, "user", turn.text, request_key=turn.request_key)
-            sampling = self._sampling(model, turn, card)
-            parts = self._parts(model, turn, card, history)
-            budget = model.backend.n_ctx - sampling.max_new_tokens
-            prompt = model.backend.render(fit(parts, model.count, budget))
-            if turn.cue and turn.cue.prefill and not prompt.startswith(MESSAGES_MARK):
-                prompt += turn.cue.prefill          # a server that applies its own template gets messages
-            reply.prompt = prompt
-            # A scene labels lines with the name people see, so that is the prefix a reply may open with.
-            shown = (card.display_name if turn.cue else card.name) if card else ""
-            cleaner = StreamCleaner(model.cfg.clean, sampling.stop, shown)
-            reply.status = "queued"
-            self.metrics.queue_depth(model.role, model.queue.depth + 1)
-            async for raw in model.queue.stream(prompt, sampling, reply.cancel, reply.stats):
-                reply.status = "running"
-                out = cleaner.feed(raw)
-                if out:
-                    reply.text += out
-                    yield out
-                if cleaner.stopped and not reply.cancel.is_set():
-                    # Let the model see it within one token and drain, so its slot is free when we return.
-                    reply.cancel.set()
-            if cleaner.stopped and reply.stats.finish is not None:
-                reply.stats.finish.reason = "stop"
-            tail = cleaner.finish()
-            if tail:
-                reply.text += tail
-                yield tail
-            if reply.stop_reason:
-                raise GenerationCancelled(f"stopped ({reply.stop_reason})")
-            if not reply.text.strip():
-                raise EmptyReply("the model produced no text")
-            reply.status = "done"
-        except EngineError as e:
-            error = e.code
-            reply.status = "cancelled" if isinstance(e, GenerationCancelled) else "error"
-            raise
-        except BaseException:
-            error = "cancelled"
-            reply.status = "cancelled"
-            reply.cancel.set()
-            raise
-        finally:
-            self.gate.leave(reply)
-            self._replies.discard(reply)
-            self.metrics.queue_depth(model.role, model.queue.depth)
-            self.metrics.reply_finished(model.role, tokens=reply.stats.finish.tokens if reply.stats.finish else 0,
-                                        gen_s=reply.stats.gen_s, ttft_s=reply.stats.ttft_s, error=error)
-            if turn.remember and reply.conversation_id and reply.text.strip() and not replayed:
-                # Partial replies (stopped, timed out) are kept too, marked with their status.
-                await self.store.add_message(
-                    reply.conversation_id, "assistant", reply.text, request_key=turn.request_key,
-                    status=reply.status, meta={"model": model.role}, durable=True)
-
     # life cycle ---------------------------------------------------------------------------------
 
     async def health(self) -> dict:
@@ -323,15 +537,18 @@ class Engine:
             "store": {"ok": store_ok, "pending_writes": self.store.pending_writes},
         }
 
+    async def _until_idle(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._idle.wait(), max(timeout, 0.0))
+        except asyncio.TimeoutError:
+            pass
+
     async def close(self, grace_s: float = 10.0) -> None:
         """Let replies in flight finish for ``grace_s``, cancel the rest, then release models and store."""
-        deadline = time.monotonic() + grace_s
-        while self._replies and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await self._until_idle(grace_s)
         for r in list(self._replies):
-            r.stop("shutdown")
-        while self._replies and time.monotonic() < deadline + 5:
-            await asyncio.sleep(0.05)
+            r.cancel("shutdown")
+        await self._until_idle(5.0)
         for m in {id(m): m for m in self.models.values()}.values():     # chat and roleplay may share one
             await asyncio.to_thread(m.queue.close)
             m.backend.close()
@@ -357,7 +574,8 @@ async def build_engine(*, models_cfg, mongo_cfg, limits, cards_cfg, character_en
         on_close.append(server.stop)
         mongo_uri = server.uri
     try:
-        store = Store(mongo_uri, mongo_cfg.database, mongo_cfg.server_selection_timeout_ms)
+        store = Store(mongo_uri, mongo_cfg.database, mongo_cfg.server_selection_timeout_ms,
+                      outbox_path=data_dir / f"outbox-{mongo_cfg.database}.jsonl")
         await store.start()
         models: dict[str, Model] = {}
         for role in ("chat", "roleplay"):

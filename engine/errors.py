@@ -10,7 +10,11 @@ class EngineError(Exception):
     """
 
     code = "internal"
-    http_status = 500
+
+    def __init_subclass__(cls, code: str = "", **kwargs):
+        super().__init_subclass__(**kwargs)
+        if code:
+            cls.code = code
 
     def __init__(self, detail: str = "", **info):
         super().__init__(detail or self.code)
@@ -18,73 +22,53 @@ class EngineError(Exception):
         self.info = info
 
 
-class UserBusy(EngineError):
+class UserBusy(EngineError, code="user_busy"):
     """The user already has a reply in flight and the policy is to refuse."""
-    code = "user_busy"
-    http_status = 429
 
 
-class EngineBusy(EngineError):
+class EngineBusy(EngineError, code="busy"):
     """The model's queue is full."""
-    code = "busy"
-    http_status = 503
 
 
-class GenerationTimeout(EngineError):
-    code = "timeout"
-    http_status = 504
+class GenerationTimeout(EngineError, code="timeout"):
+    """The model did not finish within its ``timeout_s``."""
 
 
-class GenerationCancelled(EngineError):
-    code = "cancelled"
-    http_status = 499
+class GenerationCancelled(EngineError, code="cancelled"):
+    """The reply was stopped (a user's /stop, or shutdown); partial text may have come first."""
 
 
-class ModelError(EngineError):
-    code = "model_error"
-    http_status = 500
+class ModelError(EngineError, code="model_error"):
+    """The backend failed while generating."""
 
 
-class StoreUnavailable(EngineError):
-    code = "db_unavailable"
-    http_status = 503
+class StoreUnavailable(EngineError, code="db_unavailable"):
+    """The database cannot be reached (a durable write is kept for retry instead)."""
 
 
-class UnknownCharacter(EngineError):
-    code = "unknown_character"
-    http_status = 404
+class UnknownCharacter(EngineError, code="unknown_character"):
+    """No registered character has that name."""
 
 
-class InputTooLong(EngineError):
-    code = "input_too_long"
-    http_status = 422
+class InputTooLong(EngineError, code="input_too_long"):
+    """The user's message is longer than ``limits.max_input_chars``; ``info['limit']`` says how long."""
 
 
-class EmptyReply(EngineError):
+class EmptyReply(EngineError, code="empty_reply"):
     """The model produced no text (e.g. it stopped at once)."""
-    code = "empty_reply"
-    http_status = 502
 
 
-class RateLimitedUser(EngineError):
+class RateLimitedUser(EngineError, code="rate_limited"):
     """The user sent more requests per minute than allowed."""
-    code = "rate_limited"
-    http_status = 429
 
 
-class NoScene(EngineError):
+class NoScene(EngineError, code="no_scene"):
     """The channel has no scene (a scene command other than start)."""
-    code = "no_scene"
-    http_status = 404
 
 
-class SceneFull(EngineError):
+class SceneFull(EngineError, code="scene_full"):
     """A scene may hold at most ``scenes.max_characters`` characters (``info['limit']``)."""
-    code = "scene_full"
-    http_status = 422
 
 
-class CharacterNotHere(EngineError):
+class CharacterNotHere(EngineError, code="character_not_here"):
     """bot.yaml's ``characters[].channels`` keeps this character out of the scope (``info['name']``)."""
-    code = "character_not_here"
-    http_status = 403

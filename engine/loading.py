@@ -36,22 +36,38 @@ def check_sha256(role: str, path: Path | None, expected: str | None) -> None:
                              "refusing to start with a different model file")
 
 
+def check_device(role: str, device: str) -> None:
+    """A CUDA device that is not there is refused by name, before the model loader fails deep inside."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ModelLoadError(f"models.{role}.device is {device}, but no CUDA GPU is available to this process "
+                             "(use device: cpu, or a CUDA build of torch on a machine with a GPU)")
+    index = int(device[5:]) if device.startswith("cuda:") else 0
+    if index >= torch.cuda.device_count():
+        raise ModelLoadError(f"models.{role}.device is {device}, but only {torch.cuda.device_count()} "
+                             "CUDA GPU(s) are visible")
+
+
 def load_backend(role: str, cfg, base_dir: Path, cache_dir: Path,
                  env: Mapping[str, str] | None = None) -> TextGenerator:
     """Load one model (blocking; call it in a thread); ``env`` holds secrets such as a server's API key."""
     try:
         if isinstance(cfg, LlamaCppModel):
-            from engine.backends.llamacpp_backend import LlamaCppGenerator
+            from engine.backends.llamacpp_backend import make_llamacpp
 
             path = resolve_model_path(cfg.model_path, base_dir)
             if not path.is_file():
                 raise ModelLoadError(f"models.{role}.model_path: no such file: {path}")
             check_sha256(role, path, cfg.sha256)
-            return LlamaCppGenerator(cfg, path)
+            return make_llamacpp(cfg, path)
         if isinstance(cfg, TransformersModel):
             from engine.backends.hf_loading import model_file
             from engine.backends.transformers_backend import TransformersGenerator
 
+            check_device(role, cfg.device)
             path = model_file(cfg, base_dir)
             if path is not None and not path.is_file():
                 raise ModelLoadError(f"models.{role}.model: no such file: {path}")

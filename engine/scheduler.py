@@ -18,7 +18,6 @@ _DONE = object()
 class Stats:
     """What one generation measured, for metrics and benchmarks."""
 
-    queued_s: float = 0.0
     ttft_s: float | None = None
     gen_s: float = 0.0
     finish: Finish | None = None
@@ -48,13 +47,11 @@ class ModelQueue:
         """Yield raw text pieces; a consumer that stops early (or is cancelled) stops the model."""
         if self.waiting >= self.queue_limit and self._slots.locked():
             raise EngineBusy(f"{self.name} queue full ({self.waiting} waiting)")
-        t0 = time.perf_counter()
         self.waiting += 1
         try:
             await self._slots.acquire()
         finally:
             self.waiting -= 1
-        stats.queued_s = time.perf_counter() - t0
         self.running += 1
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue = asyncio.Queue()

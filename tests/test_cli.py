@@ -5,13 +5,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
 import psutil
 import pytest
 
+from botproc import wait_health
 from conftest import API_KEY, ROOT, free_port
 
 ENV = {**os.environ, "BOT_API_KEY": API_KEY, "PYTHONUNBUFFERED": "1"}
@@ -50,26 +50,6 @@ def test_sha256_mismatch_refuses_to_start(tmp_path):
     assert "sha256" in result.stderr and "refusing to start" in result.stderr
 
 
-async def _wait_health(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as s:
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else "exited"
-            try:
-                async with s.get(url + "/health") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await _sleep(0.5)
-    raise AssertionError("no /health 200 in time")
-
-
-async def _sleep(s: float) -> None:
-    import asyncio
-    await asyncio.sleep(s)
-
-
 def _start(data: Path, port: int) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "bot", "--http-port", str(port), "--data-dir", str(data)],
                             cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -91,7 +71,7 @@ async def test_start_serve_stop_and_remember_across_a_restart(tmp_path):
     headers = {"X-API-Key": API_KEY}
     proc = _start(data, port)
     try:
-        await _wait_health(url, proc)
+        await wait_health(url, proc)
         async with aiohttp.ClientSession(headers=headers) as s:
             async with s.post(url + "/Llama_stream", json={"input_data": "My favourite fruit is the durian.",
                                                             "session": "restart-1"}) as r:
@@ -104,7 +84,7 @@ async def test_start_serve_stop_and_remember_across_a_restart(tmp_path):
     assert "Discord adapter off" in out and "Telegram adapter off" in out
     proc = _start(data, port)
     try:
-        await _wait_health(url, proc)
+        await wait_health(url, proc)
         async with aiohttp.ClientSession(headers=headers) as s:
             conv = await (await s.get(url + "/conversations/restart-1")).json()
     finally:

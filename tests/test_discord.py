@@ -56,8 +56,8 @@ async def finished(fake: FakeDiscord, surface: DiscordSurface, inter=None, n: in
 
 
 async def stored_reply(engine, conv_key: str) -> str:
-    conv = await engine.store.linked(conv_key)
-    msgs = await engine.store.recent_messages(conv, 10)
+    conv = await engine.linked_conversation(conv_key)
+    msgs = await engine.history(conv, 10)
     return [m for m in msgs if m["role"] == "assistant"][-1]["content"]
 
 
@@ -120,7 +120,7 @@ def scripted_engine(engine, text: str, delay: float = 0.0) -> Engine:
     """The real Engine and store, with a scripted backend in place of the model."""
     model = Engine.make_model("chat", engine.models["chat"].cfg, Scripted(text, delay))
     return Engine(models={"chat": model, "roleplay": model}, store=engine.store, limits=engine.limits,
-                  cards_cfg=engine.cards_cfg, characters=engine.characters)
+                  cards_cfg=engine.cards_cfg, characters=engine.registry)
 
 
 LONG = "".join(f"Line {i:03d}: the river runs past the old mill and on toward the sea.\n" for i in range(48))
@@ -181,28 +181,28 @@ async def test_mention_reply_chain_thread_and_dm(engine):
         first = (await wait_bot_reply(fake, cid))[-1]
         assert str(first["message_reference"]["message_id"]) == user_msg["id"]
         assert cid in fake.typing
-        conv = await engine.store.linked(f"discord:msg:{first['id']}")
+        conv = await engine.linked_conversation(f"discord:msg:{first['id']}")
         assert first["content"] == await stored_reply(engine, f"discord:msg:{first['id']}")
-        assert (await engine.store.get_conversation(conv))["scope"] == f"discord:channel:{cid}"
+        assert (await engine.conversation(conv))["scope"] == f"discord:channel:{cid}"
 
         # a reply to the bot's message continues that conversation
         await fake.post("And who keeps it?", user_id=303, channel_id=cid, mention_bot=True, reply_to=int(first["id"]))
         second = (await wait_bot_reply(fake, cid, 2))[-1]
-        assert await engine.store.linked(f"discord:msg:{second['id']}") == conv
-        assert len([m for m in await engine.store.recent_messages(conv, 20) if m["role"] == "user"]) == 2
+        assert await engine.linked_conversation(f"discord:msg:{second['id']}") == conv
+        assert len([m for m in await engine.history(conv, 20) if m["role"] == "user"]) == 2
 
         # a thread keeps its own conversation
         await fake.post("Hello in the thread", user_id=303, channel_id=fake.thread_id, mention_bot=True)
         in_thread = (await wait_bot_reply(fake, fake.thread_id))[-1]
-        tconv = await engine.store.linked(f"discord:msg:{in_thread['id']}")
+        tconv = await engine.linked_conversation(f"discord:msg:{in_thread['id']}")
         assert tconv != conv
-        assert (await engine.store.get_conversation(tconv))["scope"] == f"discord:thread:{fake.thread_id}"
+        assert (await engine.conversation(tconv))["scope"] == f"discord:thread:{fake.thread_id}"
 
         # a DM
         await fake.post("Hi in private", user_id=303, dm=True)
         dm = (await wait_bot_reply(fake, fake.dm_channel_id(303)))[-1]
-        dconv = await engine.store.linked(f"discord:msg:{dm['id']}")
-        assert (await engine.store.get_conversation(dconv))["scope"] == "discord:dm:303"
+        dconv = await engine.linked_conversation(f"discord:msg:{dm['id']}")
+        assert (await engine.conversation(dconv))["scope"] == "discord:dm:303"
         assert dm["content"].strip()
 
         # a message that neither mentions the bot nor replies to it is left alone
@@ -226,8 +226,8 @@ async def test_dms_off_and_a_denied_user(engine):
 # --- characters ------------------------------------------------------------------------------------
 
 async def test_roleplay_through_a_webhook_wearing_the_card_image(engine):
-    name = engine.characters.names()[0]
-    card = engine.characters.get(name)
+    name = engine.characters().names()[0]
+    card = engine.characters().get(name)
     async with running(engine) as (fake, surface):
         inter = await fake.slash("roleplay", [opt("character", name), opt("message", "Hello there!")], user_id=305)
 
@@ -253,8 +253,8 @@ async def test_roleplay_through_a_webhook_wearing_the_card_image(engine):
 
 
 async def test_roleplay_without_manage_webhooks_uses_an_embed(engine):
-    name = engine.characters.names()[1]
-    card = engine.characters.get(name)
+    name = engine.characters().names()[1]
+    card = engine.characters().get(name)
     async with running(engine, {"manage_webhooks": False}) as (fake, surface):
         inter = await fake.slash("roleplay", [opt("character", name), opt("message", "Hi!")], user_id=306)
 
@@ -275,7 +275,7 @@ async def test_character_commands_autocomplete_and_import(engine, tmp_path):
         ac = await fake.slash("roleplay", [{"name": "character", "type": 3, "value": "i", "focused": True},
                                            opt("message", "")], kind=4)
         await fake.wait_for(lambda: ac.choices is not None, 10)
-        assert {c["value"] for c in ac.choices} == {n for n in engine.characters.names() if "i" in n.casefold()}
+        assert {c["value"] for c in ac.choices} == {n for n in engine.characters().names() if "i" in n.casefold()}
 
         info = await fake.slash("character", [sub("info", opt("name", "Wren"))])
         await fake.wait_for(lambda: fake.original(info), 10)
@@ -306,9 +306,9 @@ async def test_character_commands_autocomplete_and_import(engine, tmp_path):
                                resolved={"attachments": {good["id"]: good}})
         await fake.wait_for(lambda: imp.followups, 10)
         assert "Imported Mina" in fake.messages[imp.followups[0]]["content"]
-        assert engine.characters.get("Imported Mina") is not None
+        assert engine.characters().get("Imported Mina") is not None
         assert any(d["name"] == "Imported Mina" for d in await engine.store.list_characters())
-        engine.characters.remove_imported("Imported Mina")
+        engine.registry.remove_imported("Imported Mina")
 
         denied = await fake.slash("character", [sub("import", opt("card", good["id"], 11))], user_id=8,
                                   resolved={"attachments": {good["id"]: good}})

@@ -32,7 +32,7 @@ async def command(fake, name: str, *options, cid: int, user_id: int = 501):
 
 
 async def test_scene_start_then_the_named_second_character_answers_first_through_the_webhook(engine):
-    wren, mina = engine.characters.get("Wren"), engine.characters.get("Mina")
+    wren, mina = engine.characters().get("Wren"), engine.characters().get("Mina")
     async with running(engine) as (fake, surface):
         assert "scene" in {c["name"] for c in fake.commands}
         cid = fake.channel_ids[0]

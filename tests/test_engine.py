@@ -77,7 +77,7 @@ async def test_second_concurrent_request_of_one_user_is_refused(engine, speaker_
     await anext(it)
     with pytest.raises(UserBusy):
         await drain(engine.reply(turn(speaker_id, "Hello again")))
-    await engine.stop(speaker_id)
+    await engine.stop_replies_of(speaker_id)
     with pytest.raises(GenerationCancelled):
         async for _ in it:
             pass
@@ -96,7 +96,7 @@ async def test_stop_frees_the_model_within_a_token_step(engine, speaker_id):
     it = aiter(reply)
     await anext(it)
     t0 = time.perf_counter()
-    assert await engine.stop(speaker_id) == 1
+    assert await engine.stop_replies_of(speaker_id) == 1
     with pytest.raises(GenerationCancelled):
         async for _ in it:
             pass
@@ -119,7 +119,7 @@ async def test_abandoned_stream_frees_the_model(engine, speaker_id):
     t0 = time.perf_counter()
     while model.queue.running and time.perf_counter() - t0 < 5:
         await asyncio.sleep(0.01)
-    assert model.queue.running == 0 and reply.cancel.is_set()
+    assert model.queue.running == 0 and reply.halt.is_set()
 
 
 async def test_queue_limit_answers_busy(mongo_uri, speaker_id):
@@ -169,3 +169,64 @@ async def test_request_key_replays_a_finished_reply(engine, speaker_id):
     assert pieces == [a.text] and b.stats.finish is None        # nothing generated the second time
     stored = await engine.history(a.conversation_id)
     assert [m["role"] for m in stored] == ["user", "assistant"]
+
+
+async def test_a_reply_is_iterated_once(engine, speaker_id):
+    reply = engine.reply(turn(speaker_id, "Name a fruit."))
+    await drain(reply)
+    stored = len(await engine.history(reply.conversation_id))
+    with pytest.raises(RuntimeError, match="once"):
+        aiter(reply)
+    assert len(await engine.history(reply.conversation_id)) == stored      # nothing generated or stored again
+
+
+async def test_a_queued_reply_waits_for_the_users_slot_and_wakes_when_cancelled(mongo_uri, speaker_id):
+    eng = await start_engine(make_config({"limits": {"busy_policy": "queue"}}), mongo_uri, "llmbot_queue")
+    try:
+        first = eng.reply(turn(speaker_id, "Tell me a long story.", params=GenParams(max_new_tokens=300)))
+        it = aiter(first)
+        await anext(it)
+        waiting = eng.reply(turn(speaker_id, "And another one."))
+        task = asyncio.create_task(drain(waiting))
+        await asyncio.sleep(0.2)
+        assert not task.done() and waiting.status == "new"          # held at the gate, not generating
+        t0 = time.perf_counter()
+        waiting.cancel()
+        with pytest.raises(GenerationCancelled):
+            await asyncio.wait_for(task, 5)
+        assert time.perf_counter() - t0 < 1.0                       # woken by the cancel, not by a poll
+        queued = eng.reply(turn(speaker_id, "Say hi.", params=GenParams(max_new_tokens=4)))
+        task = asyncio.create_task(drain(queued))
+        assert await eng.stop_replies_of(speaker_id) == 1           # the running one only
+        with pytest.raises(GenerationCancelled):
+            async for _ in it:
+                pass
+        await asyncio.wait_for(task, 60)                            # the slot freed: the queued one ran
+        assert queued.status == "done" and queued.text.strip()
+    finally:
+        await eng.close(grace_s=1)
+
+
+async def test_the_api_keeps_preferences_links_and_a_surface_journal(engine, speaker_id):
+    await engine.set_active_character(speaker_id, "test:scope", "Aria")
+    await engine.set_language(speaker_id, "en")
+    assert await engine.active_character(speaker_id, "test:scope") == "Aria"
+    assert await engine.language(speaker_id) == "en"
+    await engine.set_active_character(speaker_id, "test:scope", None)
+    assert await engine.active_character(speaker_id, "test:scope") is None
+    conv = await engine.active_conversation(speaker_id, "test:scope", "chat")
+    await engine.link_message(f"test:msg:{speaker_id}", conv)
+    assert await engine.linked_conversation(f"test:msg:{speaker_id}") == conv
+    assert (await engine.conversation(conv))["scope"] == "test:scope"
+    mine, other = engine.platform_store(f"a-{speaker_id}"), engine.platform_store(f"b-{speaker_id}")
+    assert await mine.add("1", {"n": 1}) and not await mine.add("1", {"n": 1})
+    await mine.add("2", {"n": 2})
+    await other.add("1", {"n": 9})
+    await mine.progress("2", {"sent": [7]})
+    await mine.done("1", {"outcome": "answered"})
+    pending = [(d["_id"], d["payload"], d.get("progress")) for d in await mine.pending()]
+    assert pending == [("2", {"n": 2}, {"sent": [7]})]
+    assert (await mine.get("1"))["state"] == "done" and (await other.get("1"))["payload"] == {"n": 9}
+    limits = engine.model_limits("chat")
+    chat = engine.models["chat"]
+    assert limits.n_ctx == chat.backend.n_ctx and limits.stop == tuple(chat.cfg.stop)

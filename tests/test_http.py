@@ -8,6 +8,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from bot.i18n import section
 from conftest import API_KEY
 
 KEY = {"X-API-Key": API_KEY}
@@ -130,7 +131,10 @@ async def test_second_concurrent_request_of_a_session_gets_429(http_api, engine)
         async with s.post(http_api + "/Llama_stream", json=body) as first:
             await first.content.readany()
             second = await s.post(http_api + "/Llama_stream", json={"input_data": "hi", "session": "busy-1"})
-            assert second.status == 429 and (await second.json())["status"] == 429
+            refused = await second.json()
+            assert second.status == 429 and refused["status"] == 429
+            # The user-facing message in the caller's language, never the log detail ("… in flight").
+            assert refused["message"] in section("errors")["user_busy"].values()
             other = await s.post(http_api + "/Llama_stream", json={"input_data": "hi", "session": "busy-2"})
             assert other.status == 200
             assert (await other.text()).strip()
@@ -215,7 +219,7 @@ async def test_dead_database_gives_503_and_the_server_keeps_running(engine):
 
     dead = Store(f"mongodb://127.0.0.1:{free_port()}/", "x", server_selection_timeout_ms=300)
     offline = Engine(models=engine.models, store=dead, limits=engine.limits, cards_cfg=engine.cards_cfg,
-                     characters=engine.characters)
+                     characters=engine.registry)
     server = await _server_on(offline, make_config())
     url = f"http://127.0.0.1:{server.port}"
     try:

@@ -29,7 +29,7 @@ async def client(sidecar):
 async def test_models_lists_both_models_and_every_character(client, sidecar):
     ids = [m.id async for m in client.models.list()]
     assert ids[:2] == ["chat", "roleplay"]
-    names = sidecar[0].engine.characters.names()
+    names = sidecar[0].engine.characters().names()
     assert names, "the repo's cards/ should offer characters"
     assert ids[2:] == [f"character:{n}" for n in names]
     one = await client.models.retrieve(ids[2])

@@ -126,7 +126,7 @@ async def test_stop_closes_the_stream_at_once(sidecar, server):
             pieces += 1
             if pieces == 3:
                 t0 = time.monotonic()
-                assert await engine.stop("test:stop") == 1
+                assert await engine.stop_replies_of("test:stop") == 1
     assert time.monotonic() - t0 < 1.5
     deadline = time.monotonic() + 10
     while "Disconnected from client" not in server.log_path.read_text() and time.monotonic() < deadline:

@@ -102,7 +102,7 @@ def scripted(engine, text: str = "The tide is turning, friends.", delay: float =
     backend = Scripted(text, delay, chunk=8)
     model = Engine.make_model("chat", engine.models["chat"].cfg, backend)
     eng = Engine(models={"chat": model, "roleplay": model}, store=engine.store, limits=engine.limits,
-                 cards_cfg=engine.cards_cfg, characters=characters or engine.characters,
+                 cards_cfg=engine.cards_cfg, characters=characters or engine.registry,
                  scenes_cfg=settings or SceneSettings(seed=3))
     return eng, backend
 
@@ -124,7 +124,7 @@ async def test_a_scene_on_the_real_model_answers_the_named_character_first(engin
     where = scope()
     scene, greetings = await engine.scenes.start(where, ["Wren", "Mina"], human(speaker_id))
     assert scene.characters == ["Wren", "Mina"]
-    wren, mina = engine.characters.get("Wren"), engine.characters.get("Mina")
+    wren, mina = engine.characters().get("Wren"), engine.characters().get("Mina")
     assert [g.speaker for g in greetings] == ["Wren", "Mina"]
     assert greetings[0].content == wren.group_only_greetings[0]          # V3 group greetings open a scene
     chain = engine.scene_turn(Turn(speaker=human(speaker_id), scope=where, text="Mina, what should we eat?"))

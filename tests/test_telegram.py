@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from telegram import Bot
 
-from bot.i18n import ERRORS
+from bot.i18n import section
 from bot.streaming import deliver
 from bot.telegram.adapter import TelegramSurface
 from bot.telegram.characters import CAPTION_LIMIT, trim
@@ -204,7 +204,7 @@ async def test_stop_cancels_the_reply_in_flight(engine, fake):
             stop = fake.send_text(541, "/stop")
             await tg.done(stop), await tg.done(talk)
         texts = fake.sent_texts(541)
-        assert texts[-1] == ERRORS["cancelled"]["en"]
+        assert texts[-1] == section("errors")["cancelled"]["en"]
         partial = await tg.reply_text(541, 541, talk)
         assert texts[:-1] == [partial]
         conv = next(c for c in await engine.store.conversations_of("telegram:541"))
@@ -224,18 +224,18 @@ async def test_characters_keyboard_then_photo_caption_and_first_message(tg, fake
     await tg.done(listing)
     keyboard = fake.calls_of("sendMessage", 561)[0].params["reply_markup"]["inline_keyboard"]
     names = [row[0]["text"] for row in keyboard]
-    assert names == engine.characters.names() and names
+    assert names == engine.characters().names() and names
     name = names[0]
     press = fake.press_button(561, keyboard[0][0]["callback_data"])
     await tg.done(press)
     assert fake.calls_of("answerCallbackQuery")
     photos = fake.calls_of("sendPhoto", 561)
     assert len(photos) == 1
-    card = engine.characters.get(name)
+    card = engine.characters().get(name)
     assert photos[0].params["photo"] == (card.image or placeholder(card.name))
     assert photos[0].params["caption"] == trim(apply_macros(card.description, card.display_name, "Tester").strip(),
                                                CAPTION_LIMIT)
-    greeting = engine.characters.character(name).greeting or card.first_mes
+    greeting = engine.characters().character(name).greeting or card.first_mes
     assert fake.sent_texts(561)[-1] == apply_macros(greeting, card.display_name, "Tester")
     assert fake.calls_of("sendMessage", 561)[-1].t > photos[0].t
     assert await engine.store.get_pref("telegram:561", "character|telegram:chat:561") == name
@@ -259,7 +259,7 @@ async def test_import_is_for_admins_and_checks_the_card(engine, fake):
         name = "Lu"                                                              # the V3 card's nickname
         assert name in stored
         assert fake.sent_texts(571)[-1] == TEXTS["import_ok"]["en"].format(name=name)
-        assert engine.characters.get(name) is not None
+        assert engine.characters().get(name) is not None
     finally:
         await tg.stop()
 

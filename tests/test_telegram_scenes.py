@@ -25,10 +25,10 @@ async def test_a_group_scene_shows_each_reply_signed_with_its_characters_name(en
         await tg.done(started)
         photos = fake.calls_of("sendPhoto", group)
         assert [p.params["caption"] for p in photos] == ["Wren", "Mina"]       # each card's photo once
-        assert photos[1].params["photo"] == (eng.characters.get("Mina").image or placeholder("Mina"))
+        assert photos[1].params["photo"] == (eng.characters().get("Mina").image or placeholder("Mina"))
         sent = fake.calls_of("sendMessage", group)
         assert sent[0].text == SCENE_TEXTS["scene_started"]["en"].format(names="Wren, Mina")
-        assert sent[1].text == "Wren: " + eng.characters.get("Wren").group_only_greetings[0]
+        assert sent[1].text == "Wren: " + eng.characters().get("Wren").group_only_greetings[0]
         assert bold_name(sent[1], "Wren") and bold_name(sent[2], "Mina")
 
         # in a scene chat every message goes to the scene: no mention needed; the named character answers

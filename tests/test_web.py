@@ -212,7 +212,7 @@ async def test_reply_streams_in_the_page_then_stop_and_reload_keep_the_history(s
 
 async def test_character_card_greeting_korean_ui_and_phone_layout(sidecar, tmp_path):
     app, url = sidecar
-    name = app.engine.characters.names()[0]
+    name = app.engine.characters().names()[0]
     b = Browser(tmp_path / "ko", locale="ko-KR")
     await b.start()
     try:
@@ -226,7 +226,7 @@ async def test_character_card_greeting_korean_ui_and_phone_layout(sidecar, tmp_p
         await b.until(f"document.getElementById('persona-name').textContent === {json.dumps(name)}")
         await b.until("document.getElementById('avatar').complete && "
                       "document.getElementById('avatar').naturalWidth > 0")
-        greeting = app.engine.characters.greeting(name, "User", __import__("random").Random(0))
+        greeting = app.engine.characters().greeting(name, "User", __import__("random").Random(0))
         await b.until(f"document.querySelector('.msg.assistant') && "
                       f"document.querySelector('.msg.assistant').textContent === {json.dumps(greeting)}")
         # Phone-sized: nothing wider than the screen, the composer on screen.

@@ -16,6 +16,7 @@ from bot.discord.messages import Messages, Seen
 from bot.discord.personas import Personas
 from bot.discord.transports import Counters
 from bot.discord.translator import Translator
+from engine.api import EngineAPI
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class _Client(discord.Client):
 
 
 class DiscordSurface:
-    def __init__(self, engine, loaded, token: str):
+    def __init__(self, engine: EngineAPI, loaded, token: str):
         cfg = loaded.config
         self.engine = engine
         self.cfg: DiscordConfig = cfg.discord
@@ -138,5 +139,5 @@ class DiscordSurface:
                 pass
 
 
-def make_surface(engine, loaded) -> DiscordSurface:
+def make_surface(engine: EngineAPI, loaded) -> DiscordSurface:
     return DiscordSurface(engine, loaded, loaded.secrets.discord_token)

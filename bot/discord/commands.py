@@ -14,6 +14,7 @@ from bot.discord.scenes import SceneCommands
 from bot.discord.texts import TEXTS
 from bot.discord.translator import desc
 from bot.i18n import describe, pick_lang, text
+from engine.api import EngineAPI
 from engine.cards import CardError
 from engine.errors import EngineError
 
@@ -40,7 +41,7 @@ class _Tree(app_commands.CommandTree):
 class Commands:
     """Builds the command tree; each handler answers within Discord's 3 s (a reply, or a defer first)."""
 
-    def __init__(self, client: discord.Client, engine, conversations: Conversations, access: Access,
+    def __init__(self, client: discord.Client, engine: EngineAPI, conversations: Conversations, access: Access,
                  allow_dms: bool, card_limits, seen):
         self.client = client
         self.engine = engine
@@ -86,8 +87,8 @@ class Commands:
 
     def character_name(self, name: str, interaction: discord.Interaction, lang: str) -> tuple[str | None, str | None]:
         """(the registered name, None) or (None, a message why not)."""
-        chars = self.engine.characters
-        card = chars.get(name) if chars is not None else None
+        chars = self.engine.characters()
+        card = chars.get(name)
         if card is None:
             return None, text(TEXTS, "unknown_character", lang, name=name)
         place = place_of(interaction.channel, interaction.user)
@@ -108,9 +109,7 @@ class Commands:
             pass
 
     async def autocomplete_character(self, interaction: discord.Interaction, current: str):
-        chars = self.engine.characters
-        if chars is None:
-            return []
+        chars = self.engine.characters()
         place = place_of(interaction.channel, interaction.user)
         cur = current.casefold().strip()
         return [app_commands.Choice(name=n[:100], value=n[:100]) for n in chars.names()
@@ -169,8 +168,9 @@ class Commands:
 
         @tree.command(name="stop", description=desc("stop"))
         async def stop(interaction: discord.Interaction) -> None:
-            count = await self.engine.stop(speaker_of(interaction.user).id)    # in memory: answers at once
-            count += self.engine.scenes.stop(place_of(interaction.channel, interaction.user).scope)
+            # The engine answers from memory, at once: no defer needed within the 3 s.
+            count = await self.engine.stop_replies_of(speaker_of(interaction.user).id)
+            count += self.engine.stop_scene_replies(place_of(interaction.channel, interaction.user).scope)
             lang = self.quick_lang(interaction)
             await self.say(interaction, text(TEXTS, "stopped", lang, count=count) if count
                            else text(TEXTS, "nothing_to_stop", lang))
@@ -208,9 +208,9 @@ class Commands:
         if not await self.admit(interaction):
             return
         lang = self.quick_lang(interaction)
-        chars = self.engine.characters
+        chars = self.engine.characters()
         place = place_of(interaction.channel, interaction.user)
-        names = [n for n in (chars.names() if chars else []) if chars.allowed(n, place.scopes)]
+        names = [n for n in chars.names() if chars.allowed(n, place.scopes)]
         if not names:
             await self.say(interaction, text(TEXTS, "no_characters", lang))
             return
@@ -233,7 +233,7 @@ class Commands:
         if (chosen := await self._chosen_character(interaction, name)) is None:
             return
         found, lang = chosen
-        card = self.engine.characters.get(found)
+        card = self.engine.characters().get(found)
         embed = discord.Embed(title=card.display_name, description=_clip(card.description or "—", 4096))
         if card.first_mes:
             embed.add_field(name=text(TEXTS, "first_message", lang), value=_clip(card.first_mes, EMBED_FIELD),
@@ -250,7 +250,7 @@ class Commands:
         found, lang = chosen
         await interaction.response.defer(ephemeral=True, thinking=True)
         place = place_of(interaction.channel, interaction.user)
-        await self.engine.store.set_pref(speaker_of(interaction.user).id, f"character|{place.scope}", found)
+        await self.engine.set_active_character(speaker_of(interaction.user).id, place.scope, found)
         await self.say(interaction, text(TEXTS, "character_used", lang, name=found))
 
     async def character_import(self, interaction: discord.Interaction, attachment: discord.Attachment) -> None:

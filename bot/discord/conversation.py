@@ -16,6 +16,7 @@ from bot.discord.transports import (ChannelPacer, CharacterEmbed, ChannelTranspo
                                     Plain, WebhookTransport)
 from bot.i18n import describe, pick_lang, text
 from bot.streaming import EditSink, deliver
+from engine.api import EngineAPI
 from engine.errors import EngineError, StoreUnavailable
 from engine.types import Speaker, Turn
 
@@ -73,7 +74,8 @@ class _Sink(EditSink):
 class Conversations:
     """Runs turns for the command and message handlers (one instance per adapter)."""
 
-    def __init__(self, engine, cfg: DiscordConfig, default_lang: str, personas: Personas, counters: Counters):
+    def __init__(self, engine: EngineAPI, cfg: DiscordConfig, default_lang: str, personas: Personas,
+                 counters: Counters):
         self.engine = engine
         self.cfg = cfg
         self.default_lang = default_lang
@@ -96,28 +98,28 @@ class Conversations:
     async def lang(self, user: Any, *locales: Any) -> str:
         """The user's /lang choice, else their Discord locale, else the bot's default."""
         try:
-            chosen = await self.engine.store.get_pref(f"discord:{user.id}", "lang")
+            chosen = await self.engine.language(speaker_of(user).id)
             self._remember_lang(user.id, chosen)
         except StoreUnavailable:
             chosen = self._langs.get(user.id)
         return pick_lang(chosen, *(str(l) if l else None for l in locales), default=self.default_lang)
 
     async def set_lang(self, user: Any, lang: str) -> None:
-        await self.engine.store.set_pref(f"discord:{user.id}", "lang", lang)
+        await self.engine.set_language(speaker_of(user).id, lang)
         self._remember_lang(user.id, lang)
 
     async def active_character(self, user: Any, place: Place) -> str | None:
         try:
-            name = await self.engine.store.get_pref(f"discord:{user.id}", f"character|{place.scope}")
+            name = await self.engine.active_character(speaker_of(user).id, place.scope)
         except StoreUnavailable:
             return None
-        chars = self.engine.characters
-        if name and chars is not None and chars.get(name) is not None and chars.allowed(name, place.scopes):
+        chars = self.engine.characters()
+        if name and chars.get(name) is not None and chars.allowed(name, place.scopes):
             return name
         return None
 
     def persona(self, name: str) -> Persona:
-        card = self.engine.characters.get(name) if self.engine.characters else None
+        card = self.engine.characters().get(name)
         return Persona(card.display_name if card else name, card.image if card else None)
 
     # --- replies -------------------------------------------------------------------------------------
@@ -213,7 +215,7 @@ class Conversations:
         async def link(message_id: int) -> None:
             if conversation_id:
                 try:
-                    await self.engine.store.link(link_key(message_id), conversation_id)
+                    await self.engine.link_message(link_key(message_id), conversation_id)
                 except StoreUnavailable as e:
                     log.warning("scene link for message %s not stored: %s", message_id, e.detail)
         return link
@@ -232,7 +234,7 @@ class Conversations:
         async def link(message_id: int) -> None:
             if reply.conversation_id:
                 try:
-                    await self.engine.store.link(link_key(message_id), reply.conversation_id)
+                    await self.engine.link_message(link_key(message_id), reply.conversation_id)
                 except StoreUnavailable as e:
                     log.warning("reply chain link for message %s not stored: %s", message_id, e.detail)
         return link

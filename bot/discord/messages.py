@@ -11,6 +11,7 @@ from bot.discord.access import Access, who
 from bot.discord.conversation import Conversations, link_key, place_of
 from bot.discord.texts import TEXTS
 from bot.i18n import describe, text
+from engine.api import EngineAPI
 from engine.errors import EngineError, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,8 @@ class Seen:
 
 
 class Messages:
-    def __init__(self, client: discord.Client, engine, conversations: Conversations, access: Access, allow_dms: bool):
+    def __init__(self, client: discord.Client, engine: EngineAPI, conversations: Conversations, access: Access,
+                 allow_dms: bool):
         self.client = client
         self.engine = engine
         self.conv = conversations
@@ -49,7 +51,7 @@ class Messages:
         if ref is None or ref.message_id is None:
             return None
         try:
-            return await self.engine.store.linked(link_key(ref.message_id))
+            return await self.engine.linked_conversation(link_key(ref.message_id))
         except StoreUnavailable:
             return None
 
@@ -78,7 +80,7 @@ class Messages:
                 return
             mode, character = "chat", None
             if linked:
-                conv = await self.engine.store.get_conversation(linked)
+                conv = await self.engine.conversation(linked)
                 if conv:
                     mode, character = conv.get("mode", "chat"), conv.get("character") or None
             else:

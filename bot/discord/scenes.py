@@ -47,8 +47,8 @@ class SceneCommands:
     # --- helpers ------------------------------------------------------------------------------
 
     def _allowed(self, place: Place) -> list[str]:
-        chars = self.engine.characters
-        return [n for n in (chars.names() if chars else []) if chars.allowed(n, place.scopes)]
+        chars = self.engine.characters()
+        return [n for n in chars.names() if chars.allowed(n, place.scopes)]
 
     async def autocomplete_many(self, interaction: discord.Interaction, current: str):
         """Completes the last name of a comma-separated list ("Wren, Mi" → "Wren, Mina")."""
@@ -62,7 +62,7 @@ class SceneCommands:
 
     async def autocomplete_present(self, interaction: discord.Interaction, current: str):
         try:
-            scene = await self.engine.scenes.get(place_of(interaction.channel, interaction.user).scope)
+            scene = await self.engine.scene(place_of(interaction.channel, interaction.user).scope)
         except StoreUnavailable:
             return []
         cur = current.strip().casefold()
@@ -128,13 +128,13 @@ class SceneCommands:
 
     async def start(self, interaction: discord.Interaction, characters: str) -> None:
         async def action(place: Place, lang: str):
-            known = self.engine.characters.names() if self.engine.characters else []
+            known = self.engine.characters().names()
             names, unknown = parse_names(characters, known)
             if unknown:
                 return text(SCENE_TEXTS, "scene_unknown", lang, names=", ".join(unknown)), [], None
             if not names:
                 return text(SCENE_TEXTS, "scene_usage", lang, usage=USAGE), [], None
-            scene, greetings = await self.engine.scenes.start(place.scope, names, speaker_of(interaction.user, lang),
+            scene, greetings = await self.engine.start_scene(place.scope, names, speaker_of(interaction.user, lang),
                                                               place.scopes)
             body = text(SCENE_TEXTS, "scene_started", lang, names=_names(scene.characters))
             return body, greetings, scene.conversation_id
@@ -142,7 +142,7 @@ class SceneCommands:
 
     async def add(self, interaction: discord.Interaction, name: str) -> None:
         async def action(place: Place, lang: str):
-            scene, greeting = await self.engine.scenes.add(place.scope, name, speaker_of(interaction.user, lang),
+            scene, greeting = await self.engine.add_to_scene(place.scope, name, speaker_of(interaction.user, lang),
                                                            place.scopes)
             if greeting is None:
                 return text(SCENE_TEXTS, "scene_already", lang, name=name), [], None
@@ -152,26 +152,26 @@ class SceneCommands:
 
     async def remove(self, interaction: discord.Interaction, name: str) -> None:
         async def action(place: Place, lang: str):
-            await self.engine.scenes.remove(place.scope, name)
+            await self.engine.remove_from_scene(place.scope, name)
             return text(SCENE_TEXTS, "scene_removed", lang, name=name), [], None
         await self._do(interaction, action)
 
     async def auto(self, interaction: discord.Interaction, turns: int) -> None:
         async def action(place: Place, lang: str):
-            scene = await self.engine.scenes.set_auto(place.scope, turns)
+            scene = await self.engine.set_scene_auto(place.scope, turns)
             key = "scene_auto" if scene.auto_turns else "scene_auto_off"
             return text(SCENE_TEXTS, key, lang, turns=scene.auto_turns), [], None
         await self._do(interaction, action)
 
     async def end(self, interaction: discord.Interaction) -> None:
         async def action(place: Place, lang: str):
-            ended = await self.engine.scenes.end(place.scope)
+            ended = await self.engine.end_scene(place.scope)
             return text(SCENE_TEXTS, "scene_ended" if ended else "scene_none", lang, start=START), [], None
         await self._do(interaction, action)
 
     async def show(self, interaction: discord.Interaction) -> None:
         async def action(place: Place, lang: str):
-            scene = await self.engine.scenes.get(place.scope)
+            scene = await self.engine.scene(place.scope)
             if scene is None:
                 return text(SCENE_TEXTS, "scene_none", lang, start=START), [], None
             return text(SCENE_TEXTS, "scene_present", lang, names=_names(scene.characters),
@@ -184,7 +184,7 @@ class SceneCommands:
         """Answer a human message in a channel with a scene; False when the channel has none."""
         place = place_of(message.channel, message.author)
         try:
-            scene = await self.engine.scenes.get(place.scope)
+            scene = await self.engine.scene(place.scope)
         except StoreUnavailable:
             return False
         if scene is None:

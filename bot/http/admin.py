@@ -8,7 +8,7 @@ from bot.http.errors import ApiError
 
 
 async def mongo_databases(request: web.Request) -> web.Response:
-    names = await ctx_of(request).engine.store.database_names()
+    names = await ctx_of(request).engine.database_names()
     return web.json_response({"Database": names})
 
 
@@ -16,7 +16,7 @@ async def mongo_collections(request: web.Request) -> web.Response:
     db_name = request.query.get("db_name", "")
     if not db_name:
         raise ApiError(422, "db_name: query parameter required")
-    names = await ctx_of(request).engine.store.collection_names(db_name)
+    names = await ctx_of(request).engine.collection_names(db_name)
     if names is None:
         raise ApiError(404, f"no database named {db_name!r}")
     return web.json_response({"Collections": names})
@@ -28,7 +28,7 @@ async def conversation(request: web.Request) -> web.Response:
     session, kind = request.match_info["session"], request.query.get("kind", "llama")
     if kind not in ("llama", "lumimaid"):
         raise ApiError(422, "kind: must be llama or lumimaid")
-    convs = [c for c in await engine.store.conversations_of(f"http:{session}") if c["scope"] == f"http:{kind}"]
+    convs = [c for c in await engine.conversations_of(f"http:{session}") if c["scope"] == f"http:{kind}"]
     if not convs:
         raise ApiError(404, f"no conversation for session {session!r}")
     messages = await engine.history(convs[0]["_id"], limit=int(request.query.get("limit", "100")))

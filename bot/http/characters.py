@@ -16,12 +16,12 @@ def _summary(character) -> dict:
 
 
 async def list_characters(request: web.Request) -> web.Response:
-    registry = ctx_of(request).engine.characters
+    registry = ctx_of(request).engine.characters()
     return web.json_response({"characters": [_summary(c) for c in registry.entries()]})
 
 
 async def get_character(request: web.Request) -> web.Response:
-    registry = ctx_of(request).engine.characters
+    registry = ctx_of(request).engine.characters()
     found = registry.character(request.match_info["name"])
     if found is None:
         raise ApiError(404, f"no character named {request.match_info['name']!r}")

@@ -7,14 +7,17 @@ from aiohttp import web
 
 from bot.config import AppConfig, Secrets
 from bot.http.metrics import Metrics
-from engine.engine import Engine
+from engine.api import EngineAPI
 
 CTX = web.AppKey("ctx", object)
+CHARACTER_PREFIX = "character:"    # a /v1 model id or a web page target naming a registered character
 
 
 @dataclass
 class HttpContext:
-    engine: Engine
+    """The engine API (the only part of the engine routes hold), the config, the secrets and the metrics."""
+
+    engine: EngineAPI
     config: AppConfig
     secrets: Secrets
     metrics: Metrics

@@ -1,4 +1,5 @@
-"""JSON errors in the older server's shape, and the middleware that turns every failure into one."""
+"""HTTP errors: the one map from engine error to status, JSON errors in the older server's shape, and the
+middleware that turns every failure into one (engine errors as the user-facing message, never log detail)."""
 from __future__ import annotations
 
 import json
@@ -7,9 +8,42 @@ import logging
 from aiohttp import web
 from pydantic import ValidationError
 
+from bot.http.context import ctx_of
+from bot.i18n import describe, pick_lang
+from engine.cards import CardError
 from engine.errors import EngineError
 
 log = logging.getLogger(__name__)
+
+# Engine error code -> HTTP status, for every HTTP surface (legacy, /v1, web page).
+STATUS: dict[str, int] = {
+    "user_busy": 429,
+    "rate_limited": 429,
+    "busy": 503,
+    "db_unavailable": 503,
+    "timeout": 504,
+    "cancelled": 499,           # nginx's "client closed request": the reply was stopped
+    "model_error": 500,
+    "unknown_character": 404,
+    "input_too_long": 422,
+    "empty_reply": 502,
+    "no_scene": 404,
+    "scene_full": 422,
+    "character_not_here": 403,
+    "internal": 500,
+}
+
+
+def status_of(error: EngineError) -> int:
+    if isinstance(error, CardError):
+        return 413 if error.code == "too_large" else 422
+    return STATUS.get(error.code, 500)
+
+
+def request_lang(request: web.Request, default: str | None = None) -> str:
+    """The caller's language from Accept-Language, else ``default``, else the bot's default language."""
+    fallback = default or ctx_of(request).config.language.default
+    return pick_lang(request.headers.get("Accept-Language", "").split(",")[0], default=fallback)
 
 
 class ApiError(Exception):
@@ -54,7 +88,8 @@ async def error_middleware(request: web.Request, handler):
     except ApiError as e:
         return json_error(e.status, e.message)
     except EngineError as e:
-        return json_error(e.http_status if e.http_status < 600 else 500, e.detail if e.http_status != 500 else e.code)
+        log.info("%s %s: %s", request.method, request.path, e.detail)
+        return json_error(status_of(e), describe(e, request_lang(request)))
     except web.HTTPRequestEntityTooLarge as e:
         return json_error(413, e.text or "request body too large")
     except web.HTTPException as e:

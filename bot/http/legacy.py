@@ -7,8 +7,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, StrictBool, StrictStr
 
 from bot.http.context import ctx_of
-from bot.http.errors import ApiError, parse_body
-from bot.http.replies import collect, request_lang, stream_text
+from bot.http.errors import ApiError, parse_body, request_lang
+from bot.http.replies import collect, stream_text
 from engine.cards import Card
 from engine.types import GenParams, Speaker, Turn
 
@@ -30,6 +30,8 @@ class LumimaidBody(_Body):
     character_name: StrictStr = Field(min_length=1, max_length=100)
     greeting: StrictStr = ""
     context: StrictStr = ""
+    # Accepted for compatibility with the older server's clients and ignored: this bot sends no images
+    # and has no access levels (a malformed value is still a 422, as it was).
     image: HttpUrl | None = None
     access_level: StrictBool = True
     session: Session | None = None
@@ -72,7 +74,7 @@ async def llama_stream(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     body = await parse_body(request, LlamaBody)
     _check_len(ctx, body.input_data)
-    lang = request_lang(request, ctx.config.language.default)
+    lang = request_lang(request)
     turn = Turn(speaker=_speaker(request, body.session, lang), scope="http:llama", text=body.input_data,
                 mode="chat", remember=body.session is not None)
     return await stream_text(request, ctx.engine.reply(turn), lang)
@@ -82,8 +84,8 @@ async def lumimaid_stream(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     body = await parse_body(request, LumimaidBody)
     _check_len(ctx, body.input_data)
-    lang = request_lang(request, ctx.config.language.default)
-    registered = ctx.engine.characters.get(body.character_name) if ctx.engine.characters else None
+    lang = request_lang(request)
+    registered = ctx.engine.characters().get(body.character_name)
     if registered is not None and not (body.context or body.greeting):
         turn_card, character = None, registered.name
     else:   # the older server's way: the character described in the request itself
@@ -106,7 +108,7 @@ async def inferweb(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     body = await parse_body(request, InferBody)
     _check_len(ctx, body.input, "input")
-    lang = request_lang(request, ctx.config.language.default)
+    lang = request_lang(request)
     turn = Turn(speaker=_speaker(request, None, lang), scope="http:inferweb", text=body.input, mode="chat",
                 remember=False, system=body.instruction.command or None, params=GenParams(stop=_stop(ctx)))
     result = await collect(ctx.engine.reply(turn))
@@ -125,7 +127,7 @@ async def chatweb(request: web.Request) -> web.Response:
         if item.type not in roles:
             raise ApiError(422, f"history.history.{i}.type: must be {http.human_tag!r} or {http.ai_tag!r}")
     past = [{"role": roles[i.type], "content": i.str} for i in body.history.history]
-    lang = request_lang(request, ctx.config.language.default)
+    lang = request_lang(request)
     turn = Turn(speaker=_speaker(request, None, lang), scope="http:chatweb", text=body.input, mode="chat",
                 remember=False, history=past, system=body.instruction.command or None,
                 params=GenParams(stop=_stop(ctx)))

@@ -10,17 +10,17 @@ from typing import Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from bot.http.context import ctx_of
-from bot.http.errors import ApiError, parse_body
+from bot.http.context import CHARACTER_PREFIX, ctx_of
+from bot.http.errors import ApiError, parse_body, request_lang, status_of
+from bot.http.replies import collect, stream_reply
 from bot.http.openai_scenes import SCENE_PREFIX, SceneCompletion, scene_characters, scene_turn
-from bot.i18n import describe, pick_lang
-from bot.streaming import deliver
+from bot.http.sink import ChunkEvents, finish_reason, usage_of
+from bot.i18n import describe
+from engine.api import EngineAPI
 from engine.cards import Card
-from engine.engine import Engine, Reply
 from engine.errors import EngineError
 from engine.types import GenParams, Speaker, Turn
 
-CHARACTER_PREFIX = "character:"
 BASE_MODELS = ("chat", "roleplay")
 MAX_STOP = 16
 PREFIX = "/v1/"
@@ -52,14 +52,9 @@ def openai_error(status: int, message: str, param: str | None = None, code: str 
     return web.json_response(error_body(status, message, param, code), status=status)
 
 
-def engine_error(e: EngineError, lang: str) -> OpenAIError:
-    status = e.http_status if 400 <= e.http_status < 600 else 500
-    return OpenAIError(status, describe(e, lang), code=e.code)
-
-
 def _api_lang(request: web.Request) -> str:
     # API clients rarely send Accept-Language; English is the lingua franca of API errors.
-    return pick_lang(request.headers.get("Accept-Language", "").split(",")[0], default="en")
+    return request_lang(request, default="en")
 
 
 def openai_errors(handler):
@@ -72,8 +67,7 @@ def openai_errors(handler):
         except OpenAIError as e:
             return openai_error(e.status, e.message, e.param, e.code)
         except EngineError as e:
-            err = engine_error(e, _api_lang(request))
-            return openai_error(err.status, err.message, code=err.code)
+            return openai_error(status_of(e), describe(e, _api_lang(request)), code=e.code)
 
     return wrapped
 
@@ -155,8 +149,8 @@ async def _parse(request: web.Request) -> ChatRequest:
 
 # models ---------------------------------------------------------------------------------------------
 
-def model_ids(engine: Engine) -> list[str]:
-    names = engine.characters.names() if engine.characters else []
+def model_ids(engine: EngineAPI) -> list[str]:
+    names = engine.characters().names()
     return [*BASE_MODELS, *(CHARACTER_PREFIX + n for n in names)]
 
 
@@ -179,7 +173,7 @@ async def get_model(request: web.Request) -> web.Response:
 
 # chat completions -----------------------------------------------------------------------------------
 
-def _turn(engine: Engine, body: ChatRequest, lang: str) -> Turn:
+def _turn(engine: EngineAPI, body: ChatRequest, lang: str) -> Turn:
     texts = [m.text(i) for i, m in enumerate(body.messages)]
     if body.messages[-1].role != "user":
         raise OpenAIError(400, "messages: the last message must be the user's", param="messages")
@@ -192,17 +186,16 @@ def _turn(engine: Engine, body: ChatRequest, lang: str) -> Turn:
         # The roleplay model with the request's own persona, as the older /Lumimaid_stream did.
         mode, character, role = "roleplay", None, "roleplay"
         card = Card(name="Assistant", description=system)
-    elif body.model.startswith(CHARACTER_PREFIX) and engine.characters \
-            and engine.characters.character(body.model[len(CHARACTER_PREFIX):]) is not None:
-        found = engine.characters.character(body.model[len(CHARACTER_PREFIX):])
+    elif body.model.startswith(CHARACTER_PREFIX) and \
+            (found := engine.characters().character(body.model[len(CHARACTER_PREFIX):])) is not None:
         mode, character, card, role = "roleplay", found.name, None, found.model
     else:
         raise OpenAIError(404, f"The model {body.model!r} does not exist; GET /v1/models lists them",
                           param="model", code="model_not_found")
-    model = engine.models[role]
+    limits = engine.model_limits(role)
     max_new = body.max_completion_tokens or body.max_tokens
-    if max_new is not None and max_new >= model.backend.n_ctx:
-        raise OpenAIError(400, f"max_tokens: at most {model.backend.n_ctx - 1} for this model",
+    if max_new is not None and max_new >= limits.n_ctx:
+        raise OpenAIError(400, f"max_tokens: at most {limits.n_ctx - 1} for this model",
                           param="max_tokens")
     stop = None
     if body.stop is not None:
@@ -210,101 +203,13 @@ def _turn(engine: Engine, body: ChatRequest, lang: str) -> Turn:
         if len(extra) > MAX_STOP:
             raise OpenAIError(400, f"stop: at most {MAX_STOP} sequences", param="stop")
         # The model's own stops (end-of-turn markers) stay: a request adds to them.
-        stop = tuple(dict.fromkeys((*model.cfg.stop, *(s for s in extra if s))))
+        stop = tuple(dict.fromkeys((*limits.stop, *(s for s in extra if s))))
     speaker = Speaker(id=f"openai:{body.user}" if body.user else f"openai:req:{uuid.uuid4().hex}",
                       name="User", lang=lang)
     return Turn(speaker=speaker, scope="openai", text=texts[-1], mode=mode, character=character, card=card,
                 remember=False, history=history, system=(system or None) if mode == "chat" else None,
                 params=GenParams(max_new_tokens=max_new, temperature=body.temperature, top_p=body.top_p,
                                  stop=stop))
-
-
-def _finish_reason(reply: Reply) -> str:
-    finish = reply.stats.finish
-    return "length" if finish is not None and finish.reason == "length" else "stop"
-
-
-def usage_of(reply: Reply) -> dict:
-    finish = reply.stats.finish
-    prompt, completion = (finish.prompt_tokens, finish.tokens) if finish else (0, 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-class ChunkEvents:
-    """OpenAI's ``chat.completion.chunk`` server-sent events, as a ReplySink (only new text is sent)."""
-
-    def __init__(self, request: web.Request, reply: Reply, model: str, include_usage: bool = False):
-        self.request, self.reply, self.model = request, reply, model
-        self.include_usage = include_usage
-        self.id, self.created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        self.response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
-                                                    "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        self.sent = 0
-        self.failed = False
-        self.code: str | None = None
-
-    async def _event(self, payload: dict | str) -> None:
-        data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
-        await self.response.write(f"data: {data}\n\n".encode("utf-8"))
-
-    def _chunk(self, delta: dict, finish_reason: str | None = None) -> dict:
-        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                "system_fingerprint": None,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
-
-    async def open(self) -> None:
-        await self.response.prepare(self.request)
-        await self._event(self._chunk({"role": "assistant", "content": ""}))
-
-    async def update(self, text: str) -> None:
-        if len(text) > self.sent:
-            await self._event(self._chunk({"content": text[self.sent:]}))
-            self.sent = len(text)
-
-    async def finish(self, text: str) -> None:
-        await self.update(text)
-
-    async def fail(self, message: str) -> None:
-        # Headers are gone: the error is an event of its own, which OpenAI's clients raise as APIError.
-        self.failed = True
-        await self._event({"error": {"message": message, "type": "server_error", "param": None,
-                                     "code": self.code}})
-
-    async def close(self) -> None:
-        """The final chunk (finish reason), usage if asked, and the [DONE] line."""
-        if not self.failed:
-            await self._event(self._chunk({}, _finish_reason(self.reply)))
-            if self.include_usage:
-                await self._event({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                                   "model": self.model, "system_fingerprint": None, "choices": [],
-                                   "usage": usage_of(self.reply)})
-        await self._event("[DONE]")
-        await self.response.write_eof()
-
-
-async def _chain(first: str, rest):
-    if first:
-        yield first
-    async for piece in rest:
-        yield piece
-
-
-async def stream_events(sink: ChunkEvents, lang: str) -> web.StreamResponse:
-    """Stream a reply as chunk events; a refusal before any text (busy, unknown…) stays a plain HTTP error."""
-    pieces = aiter(sink.reply)
-    try:
-        first = await anext(pieces)
-    except StopAsyncIteration:
-        first = ""
-    def describe_error(e: Exception) -> str | None:
-        if not isinstance(e, EngineError):
-            return None                      # e.g. the client went away: nothing to tell anyone
-        sink.code = e.code
-        return describe(e, lang)
-
-    await deliver(_chain(first, pieces), sink, interval=0.0, describe_error=describe_error)
-    await sink.close()
-    return sink.response
 
 
 @openai_errors
@@ -317,19 +222,18 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     reply = engine.reply(_turn(engine, body, lang))
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await stream_events(ChunkEvents(request, reply, body.model, include_usage), lang)
-    async for _ in reply:
-        pass
+        return await stream_reply(reply, ChunkEvents(request, reply, body.model, include_usage), lang)
+    await collect(reply)
     return web.json_response({
         "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
         "model": body.model, "system_fingerprint": None,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text, "refusal": None},
-                     "logprobs": None, "finish_reason": _finish_reason(reply)}],
+                     "logprobs": None, "finish_reason": finish_reason(reply)}],
         "usage": usage_of(reply),
     })
 
 
-async def _scene(request: web.Request, engine: Engine, body: ChatRequest, lang: str) -> web.StreamResponse:
+async def _scene(request: web.Request, engine: EngineAPI, body: ChatRequest, lang: str) -> web.StreamResponse:
     characters = scene_characters(engine, body.model)
     if characters is None:
         raise OpenAIError(404, f"The model {body.model!r} names no characters or an unknown one; GET /v1/models "

@@ -8,7 +8,7 @@ import uuid
 from aiohttp import web
 
 from bot.i18n import describe
-from engine.engine import Engine
+from engine.api import EngineAPI
 from engine.errors import EngineError
 from engine.scenes import SceneTurn, parse_names
 from engine.scenes.prompt import Line
@@ -18,13 +18,13 @@ SCENE_PREFIX = "scene:"
 USER_NAME = "User"
 
 
-def scene_characters(engine: Engine, model: str) -> list[str] | None:
+def scene_characters(engine: EngineAPI, model: str) -> list[str] | None:
     """The characters a ``scene:`` model names, or None when it names none or one that does not exist."""
-    names, unknown = parse_names(model[len(SCENE_PREFIX):], engine.characters.names() if engine.characters else [])
+    names, unknown = parse_names(model[len(SCENE_PREFIX):], engine.characters().names())
     return names if names and not unknown else None
 
 
-def scene_turn(engine: Engine, characters: list[str], messages: list[tuple[str, str, str | None]],
+def scene_turn(engine: EngineAPI, characters: list[str], messages: list[tuple[str, str, str | None]],
                speaker_id: str, lang: str, max_new: int | None, temperature: float | None,
                top_p: float | None) -> SceneTurn:
     """The chain answering the last of ``messages`` ((role, text, name) each; the last is the user's).
@@ -37,7 +37,7 @@ def scene_turn(engine: Engine, characters: list[str], messages: list[tuple[str, 
     _, text, name = messages[-1]
     turn = Turn(speaker=Speaker(speaker_id, name or USER_NAME, lang), scope="openai", text=text, mode="roleplay",
                 remember=False, params=GenParams(max_new_tokens=max_new, temperature=temperature, top_p=top_p))
-    return engine.scenes.stateless(turn, characters, lines)
+    return engine.kept_scene_turn(turn, characters, lines)
 
 
 class SceneCompletion:

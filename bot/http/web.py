@@ -8,13 +8,11 @@ from typing import Annotated
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from bot.http.context import ctx_of
-from bot.http.errors import ApiError, json_error, parse_body
-from bot.http.openai_api import CHARACTER_PREFIX, ChunkEvents, stream_events
-from bot.http.replies import request_lang
-from bot.i18n import describe
-from engine.engine import Engine
-from engine.errors import EngineError
+from bot.http.context import CHARACTER_PREFIX, ctx_of
+from bot.http.errors import ApiError, parse_body, request_lang
+from bot.http.replies import stream_reply
+from bot.http.sink import ChunkEvents
+from engine.api import EngineAPI
 from engine.types import Speaker, Turn
 
 WEB_DIR = Path(__file__).resolve().parents[1] / "web"
@@ -44,13 +42,14 @@ class ChatBody(TargetBody):
     text: StrictStr = Field(min_length=1)
 
 
-def _character(engine: Engine, target: str):
+def _character(engine: EngineAPI, target: str):
     """The registered character a target names, or None for plain chat; unknown names are a 404."""
     if target == "chat":
         return None
     name = target[len(CHARACTER_PREFIX):] if target.startswith(CHARACTER_PREFIX) else None
-    found = engine.characters.character(name) if (name and engine.characters) else None
-    if found is None or not engine.characters.allowed(found.name, "web"):
+    chars = engine.characters()
+    found = chars.character(name) if name else None
+    if found is None or not chars.allowed(found.name, "web"):
         raise ApiError(404, f"target: no character {name or target!r}; use chat or character:<name>")
     return found
 
@@ -58,7 +57,7 @@ def _character(engine: Engine, target: str):
 def _turn(request: web.Request, body: TargetBody, text: str = "") -> Turn:
     engine = ctx_of(request).engine
     found = _character(engine, body.target)
-    lang = request_lang(request, ctx_of(request).config.language.default)
+    lang = request_lang(request)
     target = "chat" if found is None else CHARACTER_PREFIX + found.name
     return Turn(speaker=Speaker(id=f"web:{body.session}", name=USER_NAME, lang=lang),
                 scope=f"web:{body.session}:{target}", text=text, mode="chat" if found is None else "roleplay",
@@ -81,14 +80,13 @@ async def favicon(request: web.Request) -> web.Response:
 
 
 async def characters(request: web.Request) -> web.Response:
-    engine = ctx_of(request).engine
-    found = [c for c in (engine.characters.entries() if engine.characters else [])
-             if engine.characters.allowed(c.name, "web")]
+    chars = ctx_of(request).engine.characters()
+    found = [c for c in chars.entries() if chars.allowed(c.name, "web")]
     return web.json_response({"characters": [{
         "name": c.name,
         "target": CHARACTER_PREFIX + c.name,
         # The greeting a new conversation opens with (the engine stores the one it actually uses).
-        "greeting": engine.characters.greeting(c.name, USER_NAME, random.Random(0)),
+        "greeting": chars.greeting(c.name, USER_NAME, random.Random(0)),
         "image": f"/web/api/characters/{c.name}/image" if c.card.image else None,
     } for c in found]})
 
@@ -115,17 +113,14 @@ async def chat(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     body = await parse_body(request, ChatBody)
     turn = _turn(request, body, body.text)
-    lang = turn.speaker.lang or ctx.config.language.default
-    sink = ChunkEvents(request, ctx.engine.reply(turn), body.target)
-    try:
-        return await stream_events(sink, lang)
-    except EngineError as e:          # refused before any text: a plain error, in the user's language
-        return json_error(e.http_status if 400 <= e.http_status < 600 else 500, describe(e, lang))
+    reply = ctx.engine.reply(turn)
+    # A refusal before any text is the error middleware's: a plain JSON error in the user's language.
+    return await stream_reply(reply, ChunkEvents(request, reply, body.target), turn.speaker.lang)
 
 
 async def stop(request: web.Request) -> web.Response:
     body = await parse_body(request, SessionBody)
-    return web.json_response({"stopped": await ctx_of(request).engine.stop(f"web:{body.session}")})
+    return web.json_response({"stopped": await ctx_of(request).engine.stop_replies_of(f"web:{body.session}")})
 
 
 async def reset(request: web.Request) -> web.Response:

@@ -7,9 +7,8 @@ from aiohttp import web
 from pydantic import Field, StrictStr
 
 from bot.http.context import ctx_of
-from bot.http.errors import ApiError, json_error, parse_body
+from bot.http.errors import ApiError, json_error, parse_body, request_lang, status_of
 from bot.http.openai_scenes import SceneCompletion
-from bot.http.replies import request_lang
 from bot.http.web import USER_NAME, SessionBody, SessionId
 from bot.i18n import describe
 from engine.errors import EngineError
@@ -36,26 +35,26 @@ def _speaker(request: web.Request, session: str) -> Speaker:
 
 
 def _lang(request: web.Request) -> str:
-    return request_lang(request, ctx_of(request).config.language.default)
+    return request_lang(request)
 
 
 def _cast(engine, names: list[str]) -> list[dict]:
     out = []
     for name in names:
-        card = engine.characters.get(name) if engine.characters else None
+        card = engine.characters().get(name)
         out.append({"name": name, "image": f"/web/api/characters/{name}/image" if card and card.image else None})
     return out
 
 
 def _refused(request: web.Request, e: EngineError) -> web.Response:
-    return json_error(e.http_status if 400 <= e.http_status < 600 else 500, describe(e, _lang(request)))
+    return json_error(status_of(e), describe(e, _lang(request)))
 
 
 async def start(request: web.Request) -> web.Response:
     engine = ctx_of(request).engine
     body = await parse_body(request, StartBody)
     try:
-        scene, greetings = await engine.scenes.start(_scope(body.session), body.characters,
+        scene, greetings = await engine.start_scene(_scope(body.session), body.characters,
                                                      _speaker(request, body.session), "web")
     except EngineError as e:
         return _refused(request, e)
@@ -69,7 +68,7 @@ async def show(request: web.Request) -> web.Response:
         body = SessionBody(session=request.query.get("session", ""))
     except ValueError:
         raise ApiError(422, "session: 8-64 letters, digits, - or _") from None
-    scene = await engine.scenes.get(_scope(body.session))
+    scene = await engine.scene(_scope(body.session))
     if scene is None:
         return web.json_response({"characters": [], "messages": []})
     messages = await engine.history(scene.conversation_id, limit=HISTORY_LIMIT)
@@ -91,7 +90,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
 
 async def end(request: web.Request) -> web.Response:
     body = await parse_body(request, SessionBody)
-    return web.json_response({"ended": await ctx_of(request).engine.scenes.end(_scope(body.session))})
+    return web.json_response({"ended": await ctx_of(request).engine.end_scene(_scope(body.session))})
 
 
 def setup(app: web.Application) -> None:

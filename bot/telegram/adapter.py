@@ -15,7 +15,7 @@ from bot.telegram.handlers import Handlers
 from bot.telegram.journal import Entry, Journal
 from bot.telegram.pacing import telegram_pacer
 from bot.telegram.texts import COMMANDS
-from engine.engine import Engine
+from engine.api import EngineAPI
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +36,15 @@ class TelegramSurface:
     up /stop or other chats.
     """
 
-    def __init__(self, engine: Engine, cfg: TelegramConfig, token: str, default_lang: str = "ko",
+    def __init__(self, engine: EngineAPI, cfg: TelegramConfig, token: str, default_lang: str = "ko",
                  webhook_secret: str | None = None):
         self.engine, self.cfg, self.default_lang = engine, cfg, default_lang
         self.webhook_secret = webhook_secret
         self.app = (Application.builder().token(token).base_url(cfg.base_url).base_file_url(cfg.base_file_url)
                     .get_updates_read_timeout(cfg.poll_timeout_s + 10.0).build())
+        # One catch-all handler instead of PTB's CommandHandler/MessageHandler routing: every update must be
+        # written to the journal before anything handles it (PTB confirms updates to the server before its
+        # handlers finish, so a crash would lose them), and each is then handled in its own task (Handlers).
         self.app.add_handler(TypeHandler(Update, self._on_update))
         self.app.add_error_handler(self._on_error)
         self.pacer = telegram_pacer(cfg.edit_interval_s, cfg.group_messages_per_minute, cfg.messages_per_second)
@@ -63,7 +66,7 @@ class TelegramSurface:
         if not await self._connect():
             return
         bot = self.app.bot
-        self.journal = Journal(self.engine.store, bot.id, self.cfg.max_attempts)
+        self.journal = Journal(self.engine, bot.id, self.cfg.max_attempts)
         self.handlers = Handlers(self.engine, self.cfg, self.default_lang, bot, self.pacer)
         await self._set_commands()
         await self.app.start()
@@ -214,7 +217,7 @@ def _report_failure(task: asyncio.Task) -> None:
         log.error("the Telegram adapter failed to start", exc_info=task.exception())
 
 
-def make_surface(engine: Engine, loaded) -> TelegramSurface:
+def make_surface(engine: EngineAPI, loaded) -> TelegramSurface:
     cfg: TelegramConfig = loaded.config.telegram
     return TelegramSurface(engine, cfg, loaded.secrets.telegram_token, loaded.config.language.default,
                            webhook_secret=loaded.secrets.get(cfg.webhook.secret_token_env))

@@ -12,17 +12,13 @@ from bot.telegram.context import Replier, Where
 from engine.cards import CardError
 from engine.cards.image import placeholder
 from engine.cards.macros import apply_macros
-from engine.engine import Engine
+from engine.api import CharacterView, EngineAPI
 
 log = logging.getLogger(__name__)
 
 PREFIX = "ch:"
 MAX_BUTTONS = 100               # Telegram's limit for one inline keyboard
 CAPTION_LIMIT = MessageLimit.CAPTION_LENGTH          # 1024
-
-
-def pref_key(scope: str) -> str:
-    return f"character|{scope}"
 
 
 def callback_data(name: str) -> str:
@@ -50,25 +46,23 @@ def trim(text: str, limit: int) -> str:
 
 
 class Characters:
-    def __init__(self, engine: Engine, admin_ids: tuple[int, ...]):
+    def __init__(self, engine: EngineAPI, admin_ids: tuple[int, ...]):
         self.engine = engine
         self.admin_ids = admin_ids
 
     @property
-    def registry(self):
-        return self.engine.characters
+    def registry(self) -> CharacterView:
+        return self.engine.characters()
 
     def names(self, where: Where) -> list[str]:
-        if self.registry is None:
-            return []
         return [n for n in self.registry.names() if self.registry.allowed(n, where.scope)]
 
     async def current(self, where: Where) -> str | None:
         """The character selected for this conversation, if it still exists."""
-        name = await self.engine.store.get_pref(where.owner, pref_key(where.scope))
-        if name and (self.registry is None or self.registry.character(name) is None):
+        name = await self.engine.active_character(where.owner, where.scope)
+        if name and self.registry.character(name) is None:
             log.info("selected character %r of %s is gone; back to chat", name, where.owner)
-            await self.engine.store.set_pref(where.owner, pref_key(where.scope), None)
+            await self.engine.set_active_character(where.owner, where.scope, None)
             return None
         return name
 
@@ -81,12 +75,12 @@ class Characters:
 
     async def choose(self, where: Where, name: str, out: Replier) -> None:
         """Select a character: its card image with the description, then its first message."""
-        found = self.registry.character(name) if self.registry else None
+        found = self.registry.character(name)
         if found is None:
             return await out.say("unknown_character", name=name)
         if not self.registry.allowed(found.name, where.scope):
             return await out.say("character_not_here", name=found.name)
-        await self.engine.store.set_pref(where.owner, pref_key(where.scope), found.name)
+        await self.engine.set_active_character(where.owner, where.scope, found.name)
         card, user = found.card, where.speaker.name
         await self.show_card(out, card, apply_macros(card.description, card.display_name, user).strip())
         greeting = found.greeting or card.first_mes
@@ -114,7 +108,7 @@ class Characters:
             return await out.say("admin_only")
         if document is None:
             return await out.say("import_usage")
-        limits = self.engine.cards_cfg.limits
+        limits = self.engine.card_limits()
         if document.file_size and document.file_size > limits.max_file_bytes:
             return await out.say("import_too_large", limit=limits.max_file_bytes)
         file = await document.get_file()

@@ -9,7 +9,7 @@ from telegram import Bot, Chat, Message, MessageEntity, Update
 from bot import i18n
 from bot.i18n import describe, pick_lang
 from bot.streaming import deliver
-from bot.telegram.characters import Characters, name_from_callback, pref_key
+from bot.telegram.characters import Characters, name_from_callback
 from bot.telegram.config import TelegramConfig
 from bot.telegram.context import Replier, Where, display_name
 from bot.telegram.journal import Entry
@@ -17,7 +17,7 @@ from bot.telegram.pacing import Pacer
 from bot.telegram.scenes import PREFIX as SCENE_PREFIX, SceneHandlers
 from bot.telegram.sinks import ChatTransport, DraftSink, EditingSink, Typing
 from bot.telegram.texts import TEXTS
-from engine.engine import Engine
+from engine.api import EngineAPI
 from engine.errors import EngineError, StoreUnavailable
 from engine.types import Speaker, Turn
 
@@ -41,7 +41,13 @@ def parse_command(message: Message, username: str) -> tuple[str, str] | None:
 
 
 class Handlers:
-    def __init__(self, engine: Engine, cfg: TelegramConfig, default_lang: str, bot: Bot, pacer: Pacer):
+    """What the bot does with one journaled update: commands, conversation turns, the character picker.
+
+    Holds only the EngineAPI; the update's journal entry records what was already sent, so a resumed
+    update continues rather than repeats.
+    """
+
+    def __init__(self, engine: EngineAPI, cfg: TelegramConfig, default_lang: str, bot: Bot, pacer: Pacer):
         self.engine, self.cfg, self.default_lang = engine, cfg, default_lang
         self.bot, self.pacer = bot, pacer
         self.perm = cfg.permissions
@@ -146,7 +152,7 @@ class Handlers:
     async def _where(self, chat: Chat, user) -> Where:
         speaker_id = f"telegram:{user.id}"
         try:
-            chosen = await self.engine.store.get_pref(speaker_id, "lang")
+            chosen = await self.engine.language(speaker_id)
         except StoreUnavailable:
             chosen = None
         lang = pick_lang(chosen, user.language_code, default=self.default_lang)
@@ -189,17 +195,17 @@ class Handlers:
         conversation_id = None
         mode = "roleplay" if character else "chat"
         if where.shared:
-            conversation_id = await self.engine.store.active_conversation(where.owner, where.scope, mode, character)
+            conversation_id = await self.engine.active_conversation(where.owner, where.scope, mode, character)
         turn = Turn(speaker=where.speaker, scope=where.scope, text=text, mode=mode, character=character,
                     conversation_id=conversation_id, request_key=entry.key)
         reply = self.engine.reply(turn)
         transport = self._transport(where, reply_to=None if where.private else message.message_id)
         typing = Typing(self.bot, where.chat.id, self.cfg.typing_interval_s)
         chat_key = f"telegram:chat:{where.chat.id}"
-        drafts = where.private and await self.engine.store.get_pref(chat_key, STREAM_PREF) != "edits"
+        drafts = where.private and await self.engine.preference(chat_key, STREAM_PREF) != "edits"
         if drafts:
             async def remember() -> None:
-                await self.engine.store.set_pref(chat_key, STREAM_PREF, "edits")
+                await self.engine.set_preference(chat_key, STREAM_PREF, "edits")
             sink = DraftSink(transport, draft_id=entry_draft_id(entry), entry=entry, typing=typing,
                              on_unsupported=remember)
         else:
@@ -216,7 +222,7 @@ class Handlers:
     def interrupt(self) -> int:
         """Stop every reply in flight as /stop would: each ends with its text so far and a notice."""
         for reply in self.replies:
-            reply.stop("shutdown")
+            reply.cancel("shutdown")
         return len(self.replies)
 
     # commands ---------------------------------------------------------------------------------
@@ -240,7 +246,7 @@ class Handlers:
             current = await self.characters.current(where)
             return await out.say("character_usage", current=current or i18n.text(TEXTS, "character_none", out.lang))
         if args.casefold() in OFF_WORDS:
-            await self.engine.store.set_pref(where.owner, pref_key(where.scope), None)
+            await self.engine.set_active_character(where.owner, where.scope, None)
             return await out.say("character_off")
         await self.characters.choose(where, args, out)
 
@@ -250,15 +256,15 @@ class Handlers:
 
     async def cmd_stop(self, where, message, args, entry, out) -> None:
         # A stopped reply says so itself ("Reply stopped."); only an idle /stop needs an answer.
-        stopped = await self.engine.stop(where.speaker.id) + self.engine.scenes.stop(where.scope)
+        stopped = await self.engine.stop_replies_of(where.speaker.id) + self.engine.stop_scene_replies(where.scope)
         if not stopped:
             await out.say("nothing_to_stop")
 
     async def cmd_lang(self, where, message, args, entry, out) -> None:
         choice = args.strip().casefold()
-        if choice not in ("ko", "en"):
+        if choice not in i18n.languages():
             return await out.say("lang_usage")
-        await self.engine.store.set_pref(where.speaker.id, "lang", choice)
+        await self.engine.set_language(where.speaker.id, choice)
         out.lang = choice
         await out.say("lang_set")
 
@@ -268,5 +274,5 @@ class Handlers:
 
 def entry_draft_id(entry: Entry) -> int:
     """One non-zero draft id per reply, the same when the reply is resumed (so the draft just continues)."""
-    update_id = int(entry.key.rsplit(":", 1)[1])
+    update_id = int(entry.local)
     return update_id % 2_000_000_000 + 1

@@ -11,20 +11,24 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.api import EngineAPI, PlatformStore
 from engine.errors import StoreUnavailable
-from engine.store.repository import Store
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Entry:
-    """One update being handled: its key, whether it is journaled, and its progress so far."""
+    """One update being handled: its key, its journal (None when not journaled), and its progress so far."""
 
-    key: str
-    store: Store | None
+    key: str                             # "telegram:{bot id}:{update id}", also the engine's request key
+    store: PlatformStore | None
     progress: dict[str, Any] = field(default_factory=dict)
-    resumed: bool = False
+
+    @property
+    def local(self) -> str:
+        """The update id: the key within the bot's journal."""
+        return self.key.rsplit(":", 1)[1]
 
     async def save(self, **changes: Any) -> None:
         """Update and persist the progress; a store outage only costs the crash-resume of this step."""
@@ -32,31 +36,36 @@ class Entry:
         if self.store is None:
             return
         try:
-            await self.store.inbox_progress(self.key, self.progress)
+            await self.store.progress(self.local, self.progress)
         except StoreUnavailable as e:
             log.warning("progress of %s not recorded: %s", self.key, e.detail)
 
 
 class Journal:
-    def __init__(self, store: Store, bot_id: int, max_attempts: int):
-        self.store = store
-        self.prefix = f"telegram:{bot_id}:"
+    """The bot's journal, kept through the engine's platform-store seam under ``telegram:{bot id}``."""
+
+    def __init__(self, engine: EngineAPI, bot_id: int, max_attempts: int):
+        self.store = engine.platform_store(f"telegram:{bot_id}")
+        self.prefix = f"{self.store.name}:"
         self.max_attempts = max_attempts
 
     def key(self, update_id: int) -> str:
         return f"{self.prefix}{update_id}"
 
+    def _entry(self, local: str, store: PlatformStore | None, progress: dict) -> Entry:
+        return Entry(self.prefix + local, store, progress)
+
     async def record(self, update_id: int, payload: dict) -> Entry | None:
         """The entry to handle, or None when this update was handled already (a repeated delivery)."""
-        key = self.key(update_id)
+        local = str(update_id)
         try:
-            if await self.store.inbox_add(key, payload):
-                return Entry(key, self.store, {"attempts": 1})
-            doc = await self.store.inbox_get(key)
+            if await self.store.add(local, payload):
+                return self._entry(local, self.store, {"attempts": 1})
+            doc = await self.store.get(local)
         except StoreUnavailable as e:
             # Answering without a record beats not answering; only the crash-resume is lost.
-            log.warning("update %s not journaled: %s", key, e.detail)
-            return Entry(key, None)
+            log.warning("update %s not journaled: %s", self.key(update_id), e.detail)
+            return self._entry(local, None, {})
         if doc is None or doc.get("state") == "done":
             return None
         return await self._reopen(doc)
@@ -64,7 +73,7 @@ class Journal:
     async def pending(self) -> list[tuple[Entry, dict]]:
         """Updates left unfinished by an earlier run, oldest first, with their payloads."""
         out = []
-        for doc in await self.store.inbox_pending(self.prefix):
+        for doc in await self.store.pending():
             entry = await self._reopen(doc)
             if entry is not None:
                 out.append((entry, doc["payload"]))
@@ -73,12 +82,12 @@ class Journal:
     async def _reopen(self, doc: dict) -> Entry | None:
         progress = dict(doc.get("progress") or {})
         attempts = int(progress.get("attempts", 1)) + 1
+        entry = self._entry(doc["_id"], self.store, progress)
         if attempts > self.max_attempts:
             # An update that kept failing (or kept killing the bot) must not be retried forever.
-            log.error("update %s given up after %d attempts", doc["_id"], attempts - 1)
-            await self.done(Entry(doc["_id"], self.store, progress), "gave_up")
+            log.error("update %s given up after %d attempts", entry.key, attempts - 1)
+            await self.done(entry, "gave_up")
             return None
-        entry = Entry(doc["_id"], self.store, progress, resumed=True)
         await entry.save(attempts=attempts)
         return entry
 
@@ -86,6 +95,6 @@ class Journal:
         if entry.store is None:
             return
         try:
-            await self.store.inbox_done(entry.key, {"outcome": outcome})
+            await entry.store.done(entry.local, {"outcome": outcome})
         except StoreUnavailable as e:
             log.warning("update %s not marked done: %s", entry.key, e.detail)

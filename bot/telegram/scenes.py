@@ -54,7 +54,7 @@ class SceneHandlers:
     async def here(self, chat_id: int) -> bool:
         """Does this chat have a scene (then every message to the bot goes to it)?"""
         try:
-            return await self.engine.scenes.get(self.scope(chat_id)) is not None
+            return await self.engine.scene(self.scope(chat_id)) is not None
         except StoreUnavailable:
             return False
 
@@ -71,7 +71,7 @@ class SceneHandlers:
     async def _introduce(self, where: Where, out: Replier, lines: list[Line]) -> None:
         """Each character that joins: its card photo once, then its greeting, signed with its name."""
         for line in lines:
-            card = self.engine.characters.get(line.speaker)
+            card = self.engine.characters().get(line.speaker)
             if card is not None:
                 await self.h.characters.show_card(out, card, line.speaker)
             if line.content.strip():
@@ -89,17 +89,17 @@ class SceneHandlers:
 
     async def cmd_scene(self, where: Where, message, args: str, entry: Entry, out: Replier) -> None:
         if not args:
-            scene = await self.engine.scenes.get(where.scope)
+            scene = await self.engine.scene(where.scope)
             present = scene.characters if scene else []
             if scene is not None:
                 await self._say(out, "scene_present", names=", ".join(present) or "—", auto=scene.auto_turns)
             return await self._say(out, "scene_pick", reply_markup=self._keyboard(where, present))
-        names, unknown = parse_names(args, self.engine.characters.names() if self.engine.characters else [])
+        names, unknown = parse_names(args, self.engine.characters().names())
         if unknown:
             return await self._say(out, "scene_unknown", names=", ".join(unknown))
 
         async def start():
-            scene, greetings = await self.engine.scenes.start(where.scope, names, where.speaker)
+            scene, greetings = await self.engine.start_scene(where.scope, names, where.speaker)
             await self._say(out, "scene_started", names=", ".join(scene.characters))
             await self._introduce(where, out, greetings)
         await self._guarded(out, start)
@@ -109,7 +109,7 @@ class SceneHandlers:
             return await self._say(out, "scene_usage", usage="/scene_add Wren")
 
         async def add():
-            scene, greeting = await self.engine.scenes.add(where.scope, args, where.speaker)
+            scene, greeting = await self.engine.add_to_scene(where.scope, args, where.speaker)
             if greeting is None:
                 return await self._say(out, "scene_already", name=args)
             await self._say(out, "scene_added", name=greeting.speaker)
@@ -121,7 +121,7 @@ class SceneHandlers:
             return await self._say(out, "scene_usage", usage="/scene_remove Wren")
 
         async def remove():
-            await self.engine.scenes.remove(where.scope, args)
+            await self.engine.remove_from_scene(where.scope, args)
             await self._say(out, "scene_removed", name=args)
         await self._guarded(out, remove)
 
@@ -130,12 +130,12 @@ class SceneHandlers:
             return await self._say(out, "scene_usage", usage="/scene_auto 2")
 
         async def auto():
-            scene = await self.engine.scenes.set_auto(where.scope, int(args))
+            scene = await self.engine.set_scene_auto(where.scope, int(args))
             await self._say(out, "scene_auto" if scene.auto_turns else "scene_auto_off", turns=scene.auto_turns)
         await self._guarded(out, auto)
 
     async def cmd_end(self, where: Where, message, args: str, entry: Entry, out: Replier) -> None:
-        ended = await self.engine.scenes.end(where.scope)
+        ended = await self.engine.end_scene(where.scope)
         await self._say(out, "scene_ended" if ended else "scene_none", start=START)
 
     async def on_button(self, where: Where, data: str, out: Replier) -> str:
@@ -146,16 +146,16 @@ class SceneHandlers:
             return "unknown_character"
 
         async def toggle():
-            scene = await self.engine.scenes.get(where.scope)
+            scene = await self.engine.scene(where.scope)
             if scene is None:
-                scene, greetings = await self.engine.scenes.start(where.scope, [name], where.speaker)
+                scene, greetings = await self.engine.start_scene(where.scope, [name], where.speaker)
                 await self._say(out, "scene_started", names=name)
                 await self._introduce(where, out, greetings)
             elif scene.has(name):
-                await self.engine.scenes.remove(where.scope, name)
+                await self.engine.remove_from_scene(where.scope, name)
                 await self._say(out, "scene_removed", name=name)
             else:
-                _, greeting = await self.engine.scenes.add(where.scope, name, where.speaker)
+                _, greeting = await self.engine.add_to_scene(where.scope, name, where.speaker)
                 await self._say(out, "scene_added", name=name)
                 await self._introduce(where, out, [greeting] if greeting else [])
         await self._guarded(out, toggle)

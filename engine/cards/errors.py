@@ -23,7 +23,6 @@ CODES = frozenset({
 class CardError(EngineError):
     """A card that cannot be read, written or accepted; ``code`` is one of ``CODES``."""
 
-    http_status = 422
 
     def __init__(self, code: str, message: str, *, file: str | None = None):
         if code not in CODES:
@@ -32,8 +31,6 @@ class CardError(EngineError):
         self.code = code
         self.message = message
         self.file = file
-        if code == "too_large":
-            self.http_status = 413
 
     def __str__(self) -> str:
         where = f"{self.file}: " if self.file else ""

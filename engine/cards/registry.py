@@ -37,9 +37,11 @@ class Character:
 def scope_matches(pattern: str, scope: str) -> bool:
     """Does a bot.yaml ``channels`` item allow ``scope``?
 
-    ``discord`` allows every Discord scope; ``discord:123`` allows any Discord
-    scope naming id 123 (``discord:channel:123``, ``discord:guild:123``...);
-    an exact or prefix match (``telegram:chat``) works too.
+    Scopes are opaque colon-separated names chosen by the surfaces. A pattern
+    matches a scope exactly or as a prefix (``a:b`` allows ``a:b:1``), and
+    ``a:ID`` also allows any scope that starts with ``a`` and names ``ID`` in a
+    later part (``a:kind:ID``). A surface that knows several scopes for one
+    place (say a thread, its channel and its server) passes them all.
     """
     if pattern == scope or scope.startswith(pattern + ":"):
         return True

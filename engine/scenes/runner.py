@@ -48,10 +48,9 @@ class Speech:
     def status(self) -> str:
         return self.reply.status
 
-    def stop(self, reason: str = "user") -> None:
-        self.reply.stop(reason)
-
-    cancel = stop
+    def cancel(self, reason: str = "user") -> None:
+        """End the speech within one token (it then raises GenerationCancelled after its partial text)."""
+        self.reply.cancel(reason)
 
     async def _pieces(self) -> AsyncIterator[str]:
         self.started = True
@@ -100,7 +99,7 @@ class SceneTurn:
         """No further speeches; the one being written stops within a token."""
         self._chain.stopped = True
         if self._chain.current is not None:
-            self._chain.current.stop("user")
+            self._chain.current.cancel("user")
 
     def __aiter__(self) -> AsyncIterator[Speech]:
         return self._speeches()
@@ -178,7 +177,7 @@ class Scenes:
 
     @property
     def registry(self):
-        return self.engine.characters
+        return self.engine.registry
 
     # what is where -----------------------------------------------------------------------------
 
@@ -226,7 +225,7 @@ class Scenes:
         if not chosen:
             raise UnknownCharacter("no characters named", name="")
         self._check_size(len(chosen))
-        self.stop(scope)
+        self.stop_replies_in(scope)
         conv = await self.store.new_conversation(scope)
         scene = Scene(scope, conv, list(chosen), auto_turns=self.settings.auto_turns, started_by=by.id)
         greetings = [self.greeting(name, by.name) for name in chosen]
@@ -271,20 +270,20 @@ class Scenes:
 
     async def end(self, scope: str) -> bool:
         """End the scope's scene (its conversation stays stored); False if there was none."""
-        self.stop(scope)
+        self.stop_replies_in(scope)
         ended = await self.store.end(scope)
         self._cache[scope] = None
         return ended
 
-    def stop(self, scope: str) -> int:
+    def stop_replies_in(self, scope: str) -> int:
         """Stop the chain running in ``scope``: no more turns, the reply being written ends; how many stopped."""
         chain = self._chains.get(scope)
         if chain is None:
             return 0
         chain.stopped = True
         current = chain.current
-        if current is not None and not current.finished.is_set() and not current.reply.cancel.is_set():
-            current.stop("user")
+        if current is not None and not current.finished.is_set() and not current.reply.halt.is_set():
+            current.cancel("user")
             return 1
         return 0
 
@@ -333,7 +332,7 @@ class Scenes:
         if current is None or current.finished.is_set():
             return
         if current.continuation:
-            current.stop("interrupted")
+            current.cancel("interrupted")
         if current.started:
             try:
                 await asyncio.wait_for(current.finished.wait(), TAKE_OVER_WAIT_S)

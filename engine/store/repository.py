@@ -1,7 +1,7 @@
 """Every read and write the bot makes to MongoDB, through PyMongo's AsyncMongoClient.
 
 Queries stay within what both real MongoDB and the embedded nx-27017 server do
-correctly (FACTS.md): string ids, one document per message, no $push, no
+correctly (docs/embedded-store.md): string ids, one document per message, no $push, no
 ObjectId equality on other fields, explicit index names, string states
 instead of booleans in filters.
 """
@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
 
 from engine.errors import StoreUnavailable
+from engine.store.outbox import Outbox
 
 log = logging.getLogger(__name__)
+
+FLUSH_MAX_DELAY_S = 5.0      # longest wait between retries of kept writes once the database is away
 
 INDEXES: dict[str, list[tuple[str, list[tuple[str, int]], dict]]] = {
     "conversations": [("conv_owner_scope", [("owner", ASCENDING), ("scope", ASCENDING), ("state", ASCENDING)], {})],
@@ -33,6 +38,11 @@ INDEXES: dict[str, list[tuple[str, list[tuple[str, int]], dict]]] = {
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+def keyed_id(*parts: str) -> str:
+    """A stable id for a record that must exist once: a retried or replayed write of it is a harmless duplicate."""
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 
 def _guard(fn):
@@ -55,23 +65,36 @@ def _guard(fn):
 
 
 class Store:
-    def __init__(self, uri: str, default_db: str, server_selection_timeout_ms: int = 3000):
+    """The engine's MongoDB repository: conversations, messages, preferences, links, characters, journals.
+
+    Only the engine holds it; surfaces reach it through the EngineAPI (engine/api.py).
+    Durable writes survive a database outage in an outbox (in memory and in a file) retried with back-off.
+    """
+
+    def __init__(self, uri: str, default_db: str, server_selection_timeout_ms: int = 3000,
+                 outbox_path: Path | None = None):
+        """``outbox_path``: a file that keeps durable writes the database did not take, replayed at start."""
         # The user's URI is passed untouched: replicaSet, TLS, authSource and the rest are the driver's.
         self.client: AsyncMongoClient = AsyncMongoClient(
             uri, serverSelectionTimeoutMS=server_selection_timeout_ms, tz_aware=True,
         )
         self.db = self.client.get_default_database(default=default_db)
         self._indexes_ready = False
-        self._outbox: list[tuple[str, dict]] = []
+        self._outbox = Outbox(outbox_path)
         self._flusher: asyncio.Task | None = None
+        self._flush_lock = asyncio.Lock()     # one drainer at a time: two would pop each other's entries
 
     # life cycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._outbox.load()
         try:
             await self.ensure_indexes()
         except StoreUnavailable as e:
             log.error("the database is unavailable (%s); the bot keeps running and retries", e.detail)
+        if self._outbox.items:
+            await self.flush(attempts=1)
+            self._ensure_flusher()
 
     @_guard
     async def ensure_indexes(self) -> None:
@@ -90,14 +113,17 @@ class Store:
                 await self.ensure_indexes()
             except (StoreUnavailable, PyMongoError):
                 return False
+        if self._outbox.items and not self._flush_lock.locked():
+            await self.flush(attempts=1)       # the database is back: drain now rather than at the next back-off
         return True
 
     async def close(self) -> None:
         if self._flusher:
             self._flusher.cancel()
         await self.flush(attempts=3)
-        if self._outbox:
-            log.error("%d message(s) could not be written before shutdown", len(self._outbox))
+        if self._outbox.items:
+            where = f"; kept in {self._outbox.path} for the next start" if self._outbox.path else ""
+            log.error("%d message(s) could not be written before shutdown%s", len(self._outbox.items), where)
         await self.client.close()
 
     # durable writes -------------------------------------------------------------------------------
@@ -109,36 +135,49 @@ class Store:
         except DuplicateKeyError:
             pass
         except (ConnectionFailure, PyMongoError) as e:
-            log.warning("database write failed (%s); kept for retry", e)
-            self._outbox.append((coll, doc))
-            if self._flusher is None or self._flusher.done():
-                self._flusher = asyncio.create_task(self._flush_loop())
+            log.warning("database write failed (%s); kept for retry", type(e).__name__)
+            self._outbox.add(coll, doc)
+            self._ensure_flusher()
+
+    def _ensure_flusher(self) -> None:
+        if self._outbox.items and (self._flusher is None or self._flusher.done()):
+            self._flusher = asyncio.create_task(self._flush_loop())
 
     async def _flush_loop(self) -> None:
-        delay = 1.0
-        while self._outbox:
+        delay = 0.5
+        while self._outbox.items:
             await asyncio.sleep(delay)
             await self.flush(attempts=1)
-            delay = min(delay * 2, 30.0)
+            delay = min(delay * 2, FLUSH_MAX_DELAY_S)
 
     async def flush(self, attempts: int = 1) -> None:
+        """Write what the outbox holds, oldest first; a replay of a write already taken is a harmless duplicate."""
+        async with self._flush_lock:
+            await self._flush(attempts)
+
+    async def _flush(self, attempts: int) -> None:
         for _ in range(attempts):
-            while self._outbox:
-                coll, doc = self._outbox[0]
+            taken = 0
+            while self._outbox.items:
+                coll, doc = self._outbox.items[0]
                 try:
                     await self.db[coll].insert_one(doc)
                 except DuplicateKeyError:
                     pass
                 except PyMongoError:
                     break
-                self._outbox.pop(0)
-            if not self._outbox:
+                self._outbox.items.pop(0)
+                taken += 1
+            if taken:
+                self._outbox.sync()
+                log.info("%d kept write(s) stored, %d pending", taken, len(self._outbox.items))
+            if not self._outbox.items:
                 return
             await asyncio.sleep(0.2)
 
     @property
     def pending_writes(self) -> int:
-        return len(self._outbox)
+        return len(self._outbox.items)
 
     # users and preferences ------------------------------------------------------------------------
 
@@ -212,11 +251,17 @@ class Store:
         so the user learns at once that their message was not taken.
         """
         if request_key:
-            found = await self.db.messages.find_one({"conv_id": conv_id, "request_key": request_key, "role": role,
-                                                     "status": status})
+            try:
+                found = await self.db.messages.find_one({"conv_id": conv_id, "request_key": request_key,
+                                                         "role": role, "status": status})
+            except PyMongoError:
+                if not durable:
+                    raise
+                found = None                  # the keyed id below keeps a later replay from doubling it
             if found:
                 return found["_id"]
-        doc = {"_id": new_id(), "conv_id": conv_id, "ts": time.time_ns(), "role": role, "content": content,
+        msg_id = keyed_id(conv_id, request_key, role, status) if request_key else new_id()
+        doc = {"_id": msg_id, "conv_id": conv_id, "ts": time.time_ns(), "role": role, "content": content,
                "request_key": request_key or "", "status": status, "meta": meta or {}, "speaker": speaker}
         if durable:
             await self._insert_durable("messages", doc)

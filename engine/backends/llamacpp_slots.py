@@ -1,0 +1,366 @@
+"""llama.cpp continuous batching: one context, many sequences (slots), one decode-loop thread, a prompt cache."""
+from __future__ import annotations
+
+import codecs
+import collections
+import ctypes
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.backends.base import BatchStats, Emit, Finish, Sampling
+from engine.backends.llamacpp_backend import LlamaText, load_llama
+from engine.settings import LlamaCppModel
+
+log = logging.getLogger(__name__)
+
+PENALTY_LAST_N = 64        # llama-cpp-python's default window for repeat_penalty (Llama.last_n_tokens_size)
+MIN_P = 0.05               # llama-cpp-python's create_completion default, so sampling matches the one-at-a-time backend
+CACHE_SLOTS_PER_BATCH = 3  # idle sequences per running one that may keep a conversation's prefix
+HELPER_CTX = 256           # the Llama object only tokenizes; its own context stays minimal
+
+
+@dataclass(eq=False)
+class _Request:
+    """One ``generate`` call, from submission to its last token."""
+
+    tokens: list[int]
+    sampling: Sampling
+    cancel: threading.Event
+    emit: Emit
+    finish: Finish
+    done: threading.Event = field(default_factory=threading.Event)
+    error: Exception | None = None
+    todo: list[int] = field(default_factory=list)    # prompt tokens not yet prefilled
+    last: int | None = None                          # sampled token to decode next step
+    sampler: object = None
+    decoder: codecs.IncrementalDecoder = field(
+        # as llama-cpp-python does, bytes that never complete a character are dropped
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="ignore"))
+
+
+@dataclass(eq=False)
+class _Slot:
+    """A llama.cpp sequence: ``tokens[i]`` is what its KV cell at position ``i`` holds."""
+
+    seq: int
+    tokens: list[int] = field(default_factory=list)
+    used_at: float = 0.0
+    req: _Request | None = None
+    borrowed: int = 0          # leading cells shared with the slot it was copied from (counted there)
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class LlamaCppSlots(LlamaText):
+    """Up to ``max_batch`` replies decoded together; idle slots keep their prefix for the next turn.
+
+    Every ``generate`` call waits while the loop thread, the only one that
+    touches the llama context, prefills its prompt in chunks between decode
+    steps of the others and streams its tokens back.
+    """
+
+    def __init__(self, cfg: LlamaCppModel, path: Path):
+        import llama_cpp
+
+        super().__init__(cfg, path, load_llama(cfg, path, n_ctx=HELPER_CTX))
+        self.lib = llama_cpp         # the low-level C API; only the loop thread calls into the context
+        self.max_concurrent = cfg.max_batch
+        budget = cfg.kv_budget_tokens or cfg.n_ctx * cfg.max_batch
+        n_slots = cfg.max_batch * (1 + CACHE_SLOTS_PER_BATCH) if cfg.prompt_cache else cfg.max_batch
+        n_slots = min(n_slots, llama_cpp.llama_max_parallel_sequences())
+        self._step_tokens = cfg.prefill_chunk + cfg.max_batch
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = budget
+        params.n_batch = self._step_tokens
+        params.n_ubatch = self._step_tokens
+        params.n_seq_max = n_slots
+        params.kv_unified = True        # one pool of cells: a long conversation may take what idle ones leave
+        params.offload_kqv = cfg.offload_kqv
+        params.no_perf = True
+        threads = cfg.n_threads or self.llm.n_threads
+        params.n_threads = threads
+        params.n_threads_batch = cfg.n_threads or self.llm.n_threads_batch
+        self._ctx = llama_cpp.llama_init_from_model(self.llm._model.model, params)
+        if not self._ctx:
+            raise RuntimeError(f"llama.cpp could not create a context of {budget} cells × {n_slots} sequences")
+        self._mem = llama_cpp.llama_get_memory(self._ctx)
+        self._vocab = llama_cpp.llama_model_get_vocab(self.llm._model.model)
+        self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self.kv_capacity = llama_cpp.llama_n_ctx(self._ctx)
+        self._batch = llama_cpp.llama_batch_init(self._step_tokens, 0, 1)
+        self._piece = ctypes.create_string_buffer(256)
+        self._slots = [_Slot(seq) for seq in range(n_slots)]
+        self._pending: collections.deque[_Request] = collections.deque()
+        self._wake = threading.Condition()
+        self._closed = False
+        self._hits = 0
+        self._prompted = 0
+        self._thread = threading.Thread(target=self._loop, name=f"llamacpp-slots-{path.stem}", daemon=True)
+        self._thread.start()
+
+    # the calling threads -----------------------------------------------------------------------
+
+    def generate(self, prompt: str, sampling: Sampling, cancel: threading.Event, emit: Emit) -> Finish:
+        tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        if not tokens:
+            raise ValueError("empty prompt")
+        limit = min(self.n_ctx, self.kv_capacity)
+        if len(tokens) >= limit:
+            raise ValueError(f"prompt of {len(tokens)} tokens does not fit the context of {limit}")
+        req = _Request(tokens, sampling, cancel, emit, Finish(prompt_tokens=len(tokens)))
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the model is closed")
+            self._pending.append(req)
+            self._wake.notify()
+        req.done.wait()
+        if req.error is not None:
+            raise req.error
+        return req.finish
+
+    def batch_stats(self) -> BatchStats:
+        slots = list(self._slots)
+        return BatchStats(running=sum(s.req is not None for s in slots),
+                          kv_used_tokens=sum(len(s.tokens) - s.borrowed for s in slots),
+                          kv_capacity_tokens=self.kv_capacity,
+                          cache_hit_tokens=self._hits, prompt_tokens=self._prompted)
+
+    def info(self) -> dict:
+        return {**super().info(), "slots": len(self._slots), "kv_budget_tokens": self.kv_capacity,
+                "prompt_cache": self.cfg.prompt_cache}
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join()
+        C = self.lib
+        C.llama_batch_free(self._batch)
+        C.llama_free(self._ctx)
+        self._ctx = None
+        self.llm.close()
+
+    # the loop thread ---------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        try:
+            while self._wait_for_work():
+                self._step()
+        except Exception as e:  # noqa: BLE001 - a dead loop must fail every waiting call, not hang it
+            log.exception("llama.cpp decode loop failed")
+            with self._wake:
+                self._closed = True
+            self._fail_all(RuntimeError(f"decode loop failed: {e}"))
+            return
+        self._fail_all(RuntimeError("the model is closed"))
+
+    def _wait_for_work(self) -> bool:
+        with self._wake:
+            while not self._closed and not self._pending and not self._running():
+                self._wake.wait()
+            return not self._closed
+
+    def _running(self) -> list[_Slot]:
+        return [s for s in self._slots if s.req is not None]
+
+    def _step(self) -> None:
+        self._admit()
+        for s in self._running():
+            if s.req.cancel.is_set():
+                self._end(s, "cancelled")
+        running = self._running()
+        if not running:
+            return
+        # Decode tokens of the running replies first, then prompt chunks in arrival order.
+        decode: list[tuple[_Slot, int, bool]] = [(s, s.req.last, True) for s in running if not s.req.todo]
+        prefill: list[tuple[_Slot, int, bool]] = []
+        chunk = self.cfg.prefill_chunk
+        for s in sorted((s for s in running if s.req.todo), key=lambda s: s.used_at):
+            take = s.req.todo[:chunk]
+            completes = len(take) == len(s.req.todo)
+            prefill += [(s, t, completes and i == len(take) - 1) for i, t in enumerate(take)]
+            chunk -= len(take)
+            if chunk <= 0:
+                break
+        self._reserve(len(decode) + len(prefill))
+        try:
+            self._decode(decode + prefill, len(decode))
+        except RuntimeError as e:     # this batch's replies fail; the loop serves the next ones
+            log.error("llama.cpp: %s", e)
+            for s in self._running():
+                self._end(s, "error", error=e)
+
+    def _admit(self) -> None:
+        with self._wake:
+            for req in [r for r in self._pending if r.cancel.is_set()]:
+                self._pending.remove(req)
+                req.finish.reason = "cancelled"
+                req.done.set()
+            while self._pending and len(self._running()) < self.cfg.max_batch:
+                self._assign(self._pending.popleft())
+
+    def _assign(self, req: _Request) -> None:
+        """Give ``req`` a sequence that already holds as much of its prompt as any slot does."""
+        C = self.lib
+        idle = [s for s in self._slots if s.req is None]
+        donor, keep = None, 0
+        if self.cfg.prompt_cache:
+            donor = max(self._slots, key=lambda s: (common_prefix(s.tokens, req.tokens), s.req is None, s.used_at))
+            keep = min(common_prefix(donor.tokens, req.tokens), len(req.tokens) - 1)   # the last token gives logits
+        if keep and donor.req is None and 2 * keep >= len(donor.tokens):
+            target = donor                    # the same conversation's next turn: continue in place
+        else:
+            target = min(idle, key=lambda s: (bool(s.tokens), s.used_at))   # an empty slot, else the LRU prefix
+        if target is donor:
+            C.llama_memory_seq_rm(self._mem, target.seq, keep, -1)
+            del target.tokens[keep:]
+            target.borrowed = min(target.borrowed, keep)
+        else:
+            self._evict(target)
+            if keep:   # a shared prefix (the same card, another user): the cells are shared, not copied
+                C.llama_memory_seq_cp(self._mem, donor.seq, target.seq, 0, keep)
+                target.tokens = donor.tokens[:keep]
+                target.borrowed = keep
+        req.todo = req.tokens[keep:]
+        req.finish.cached_tokens = keep
+        req.sampler = self._sampler(req.sampling)
+        self._hits += keep
+        self._prompted += len(req.tokens)
+        target.req = req
+        target.used_at = time.monotonic()
+
+    def _evict(self, slot: _Slot) -> None:
+        self.lib.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
+        slot.tokens = []
+        slot.borrowed = 0
+
+    def _reserve(self, want: int) -> None:
+        """Evict idle prefixes, least recently used first, until ``want`` cells are free by this side's count."""
+        free = self.kv_capacity - sum(len(s.tokens) - s.borrowed for s in self._slots)
+        while free < want:
+            idle = [s for s in self._slots if s.req is None and s.tokens]
+            if not idle:
+                return
+            lru = min(idle, key=lambda s: s.used_at)
+            free += len(lru.tokens) - lru.borrowed
+            self._evict(lru)
+
+    def _make_room(self) -> bool:
+        """Free the least recently used idle prefix (cells shared or fragmented beyond the count); False if none."""
+        idle = [s for s in self._slots if s.req is None and s.tokens]
+        if not idle:
+            return False
+        self._evict(min(idle, key=lambda s: s.used_at))
+        return True
+
+    def _decode(self, entries: list[tuple[_Slot, int, bool]], n_decode: int) -> None:
+        """One ``llama_decode`` of ``entries`` (decode tokens first); on a full cache evict, then shed prefill."""
+        C, b = self.lib, self._batch
+        while True:
+            for i, (s, tok, logits) in enumerate(entries):
+                b.token[i] = tok
+                b.pos[i] = len(s.tokens)
+                b.n_seq_id[i] = 1
+                b.seq_id[i][0] = s.seq
+                b.logits[i] = logits
+                s.tokens.append(tok)      # positions advance as each token of a sequence is placed
+            b.n_tokens = len(entries)
+            rc = C.llama_decode(self._ctx, b)
+            if rc == 0:
+                break
+            for s, _, _ in reversed(entries):
+                s.tokens.pop()
+            if rc != 1:
+                raise RuntimeError(f"llama_decode returned {rc} for {len(entries)} tokens")
+            if self._make_room():
+                continue
+            if n_decode and len(entries) > n_decode:
+                entries = entries[:n_decode]       # no idle prefix left: prompts wait, replies go on
+            elif n_decode:                         # the longest reply yields its cells
+                self._end(max(self._running(), key=lambda s: len(s.tokens)), "length")
+                return
+            else:                                  # prompts only, and they do not fit together: the newest fails
+                newest = max({s for s, _, _ in entries}, key=lambda s: s.used_at)
+                self._end(newest, "error", RuntimeError(f"the KV budget of {self.kv_capacity} cells is full"))
+                return
+        for s, n in collections.Counter(s for s, _, logits in entries[n_decode:]).items():
+            del s.req.todo[:n]
+        for i, (s, _, logits) in enumerate(entries):
+            if logits:
+                self._sample(s, i)
+
+    def _sample(self, s: _Slot, index: int) -> None:
+        C, req = self.lib, s.req
+        tok = C.llama_sampler_sample(req.sampler, self._ctx, index)
+        if C.llama_vocab_is_eog(self._vocab, tok):
+            self._end(s, "stop")
+            return
+        req.finish.tokens += 1
+        req.last = tok
+        n = C.llama_token_to_piece(self._vocab, tok, self._piece, len(self._piece), 0, False)
+        text = req.decoder.decode(self._piece.raw[:max(n, 0)])
+        if text and not self._emit(req, text):
+            self._end(s, "cancelled")
+        elif req.finish.tokens >= req.sampling.max_new_tokens or len(s.tokens) + 1 >= self.n_ctx:
+            self._end(s, "length")
+
+    def _emit(self, req: _Request, text: str) -> bool:
+        try:
+            req.emit(text)
+            return True
+        except Exception:  # noqa: BLE001 - e.g. the caller's event loop is gone: nobody reads this reply any more
+            req.cancel.set()
+            return False
+
+    def _end(self, s: _Slot, reason: str, error: Exception | None = None) -> None:
+        req = s.req
+        tail = req.decoder.decode(b"", final=True)
+        if tail and reason in ("stop", "length"):
+            self._emit(req, tail)
+        req.finish.reason = reason
+        req.error = error
+        self.lib.llama_sampler_free(req.sampler)
+        req.sampler = None
+        s.req = None
+        s.used_at = time.monotonic()
+        if error is not None or not self.cfg.prompt_cache:
+            self._evict(s)
+        req.done.set()
+
+    def _sampler(self, s: Sampling):
+        C = self.lib
+        params = C.llama_sampler_chain_default_params()
+        params.no_perf = True
+        chain = C.llama_sampler_chain_init(params)
+        links = [C.llama_sampler_init_penalties(self._n_vocab, PENALTY_LAST_N, s.repetition_penalty, 0.0, 0.0)]
+        if s.temperature <= 0:
+            links.append(C.llama_sampler_init_greedy())
+        else:
+            seed = s.seed if s.seed is not None else (self.cfg.seed if self.cfg.seed is not None else C.LLAMA_DEFAULT_SEED)
+            links += [C.llama_sampler_init_top_k(s.top_k), C.llama_sampler_init_top_p(s.top_p, 1),
+                      C.llama_sampler_init_min_p(MIN_P, 1), C.llama_sampler_init_temp(s.temperature),
+                      C.llama_sampler_init_dist(seed & 0xFFFFFFFF)]
+        for link in links:
+            C.llama_sampler_chain_add(chain, link)
+        return chain
+
+    def _fail_all(self, error: Exception) -> None:
+        with self._wake:
+            waiting = list(self._pending)
+            self._pending.clear()
+        for s in self._running():
+            waiting.append(s.req)
+            self.lib.llama_sampler_free(s.req.sampler)
+            s.req = None
+        for req in waiting:
+            req.error = error
+            req.done.set()

@@ -1,0 +1,208 @@
+"""The llama.cpp slot backend on the real SmolLM2 GGUF: batched = alone, cancel, prompt cache, KV pressure, ModelQueue."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import pytest
+
+from engine.backends.base import Finish, Sampling
+from engine.backends.llamacpp_slots import LlamaCppSlots
+from engine.errors import EngineBusy, GenerationTimeout
+from engine.scheduler import ModelQueue, Stats
+from engine.settings import resolve_model_path
+from tests.conftest import ROOT, make_config
+
+GREEDY = Sampling(max_new_tokens=40, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.1)
+TOPICS = ["a dragon who bakes bread", "the history of the bicycle", "why the sky is blue", "a robot learning to paint",
+          "how bees make honey", "a lighthouse keeper's night", "the rules of chess", "a trip to the moon"]
+CARD = ("You are Mira, a ship's navigator on the airship Kestrel. " +
+        "The Kestrel sails the cloud sea between floating islands; its crew trades spices, maps and rumours. " * 12)
+
+
+def slots(**over) -> LlamaCppSlots:
+    cfg = make_config().models.roleplay
+    cfg = cfg.model_copy(update={"max_batch": 8, "prompt_cache": True, "kv_budget_tokens": 8192,
+                                 "prefill_chunk": 256, "n_threads": 1, **over})
+    return LlamaCppSlots(cfg, resolve_model_path(cfg.model_path, ROOT))
+
+
+@pytest.fixture(scope="module")
+def gen():
+    g = slots()
+    yield g
+    g.close()
+
+
+@dataclass
+class Run:
+    pieces: list[str] = field(default_factory=list)
+    finish: Finish | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+
+def prompt(g, user: str, system: str = "You are a helpful storyteller.", history: tuple = ()) -> str:
+    msgs = [{"role": "system", "content": system}, *history, {"role": "user", "content": user}]
+    return g.render(msgs)
+
+
+def run_one(g, text: str, sampling: Sampling = GREEDY, run: Run | None = None, cancel_after: int | None = None) -> Run:
+    run = run or Run()
+
+    def emit(piece: str) -> None:
+        run.pieces.append(piece)
+        if cancel_after is not None and len(run.pieces) >= cancel_after:
+            run.cancel.set()
+
+    run.finish = g.generate(text, sampling, run.cancel, emit)
+    return run
+
+
+def run_together(g, texts: list[str], sampling: Sampling = GREEDY, **kw) -> list[Run]:
+    with ThreadPoolExecutor(len(texts)) as pool:
+        return list(pool.map(lambda t: run_one(g, t, sampling, **kw), texts))
+
+
+def wait_idle(g, timeout: float = 5.0) -> None:
+    t0 = time.monotonic()
+    while g.batch_stats().running and time.monotonic() - t0 < timeout:
+        time.sleep(0.01)
+
+
+def test_greedy_text_is_the_same_alone_and_in_a_batch_of_8(gen):
+    texts = [prompt(gen, f"Tell me a story about {t}.") for t in TOPICS]
+    alone = [run_one(gen, t) for t in texts]
+    together = run_together(gen, texts)
+    drifted = 0
+    for a, b in zip(alone, together):
+        assert a.finish.tokens > 0 and b.finish.tokens > 0
+        assert "".join(a.pieces[:32]) == "".join(b.pieces[:32]), (a.text, b.text)
+        drifted += a.text != b.text
+    assert drifted <= 1
+
+
+def test_cancel_mid_batch_stops_within_one_step_and_the_others_finish(gen):
+    sampling = Sampling(max_new_tokens=64, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.1)
+    texts = [prompt(gen, f"Write a very long essay about {t}.") for t in TOPICS]
+    runs = [Run() for _ in texts]
+    with ThreadPoolExecutor(len(texts)) as pool:
+        futures = [pool.submit(run_one, gen, t, sampling, r, 6 if i == 3 else None)
+                   for i, (t, r) in enumerate(zip(texts, runs))]
+        for f in futures:
+            f.result(timeout=120)
+    cancelled = runs[3]
+    assert cancelled.finish.reason == "cancelled"
+    assert cancelled.finish.tokens == 6          # set during token 6's emit, seen before token 7
+    others = [r for i, r in enumerate(runs) if i != 3]
+    assert all(r.finish.reason in ("stop", "length") for r in others)
+    assert max(r.finish.tokens for r in others) > 6
+    wait_idle(gen)
+    assert gen.batch_stats().running == 0
+
+
+def test_second_turn_hits_the_prompt_cache_after_another_long_conversation(gen):
+    first = prompt(gen, "Where are we sailing today?", system=CARD)
+    turn1 = run_one(gen, first)
+    other_card = "You are Tomas, a lighthouse keeper. " + "The sea is grey and the lamp must never go out. " * 30
+    run_one(gen, prompt(gen, "Tell me about the storm last night.", system=other_card))
+    before = gen.batch_stats().cache_hit_tokens
+    history = ({"role": "user", "content": "Where are we sailing today?"},
+               {"role": "assistant", "content": turn1.text})
+    turn2 = run_one(gen, prompt(gen, "And what cargo do we carry?", system=CARD, history=history))
+    assert turn1.finish.prompt_tokens > 250
+    assert turn2.finish.cached_tokens >= turn1.finish.prompt_tokens
+    assert turn2.finish.cached_tokens < turn2.finish.prompt_tokens
+    assert gen.batch_stats().cache_hit_tokens - before == turn2.finish.cached_tokens
+
+
+def test_two_users_share_a_cards_prefix(gen):
+    card = "You are Oda, an innkeeper of the Green Lantern. " + "Travellers bring news from the mountain passes. " * 20
+    a = run_one(gen, prompt(gen, "Good evening! A room, please.", system=card))
+    b = run_one(gen, prompt(gen, "Any news from the passes?", system=card))
+    assert a.finish.cached_tokens < 50
+    assert b.finish.cached_tokens > 200     # the whole card, served from the first user's cells
+
+
+def test_eight_mixed_lengths_all_finish_and_free_their_slots():
+    g = slots(prompt_cache=False)
+    try:
+        lengths = [1, 3, 8, 16, 24, 40, 5, 12]
+        texts = [prompt(g, f"Tell me about {t}. " + "Please be detailed. " * (i * 8)) for i, t in enumerate(TOPICS)]
+        runs: list[Run] = []
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(run_one, g, t, Sampling(n, 0.8, 0.95, 40, 1.1, seed=i))
+                       for i, (t, n) in enumerate(zip(texts, lengths))]
+            runs = [f.result(timeout=120) for f in futures]
+        for r, n in zip(runs, lengths):
+            assert r.finish.reason in ("stop", "length") and 0 < r.finish.tokens <= n
+            assert r.finish.reason == "stop" or r.finish.tokens == n
+        stats = g.batch_stats()
+        assert stats.running == 0 and stats.kv_used_tokens == 0    # without the cache every cell is freed
+        assert stats.prompt_tokens == sum(r.finish.prompt_tokens for r in runs) and stats.cache_hit_tokens == 0
+    finally:
+        g.close()
+
+
+def test_a_full_kv_budget_evicts_and_shortens_instead_of_failing():
+    g = slots(kv_budget_tokens=1024, max_batch=4)
+    try:
+        texts = [prompt(g, f"Tell me about {t}. " + "Go on and on. " * 60) for t in TOPICS[:4]]
+        sampling = Sampling(48, 0.0, 1.0, 0, 1.1)
+        runs = run_together(g, texts, sampling)
+        assert all(r.finish.reason in ("stop", "length") and r.finish.tokens > 0 for r in runs)
+        assert sum(r.finish.prompt_tokens + r.finish.tokens for r in runs) > g.kv_capacity   # it had to make room
+        stats = g.batch_stats()
+        assert stats.running == 0 and stats.kv_used_tokens <= g.kv_capacity
+        with pytest.raises(ValueError, match="does not fit"):
+            run_one(g, prompt(g, "x " * 1200))
+    finally:
+        g.close()
+
+
+def test_utf8_pieces_split_across_tokens_arrive_whole(gen):
+    run = run_one(gen, prompt(gen, "한국어로 짧게 인사해 주세요. 안녕하세요!"),
+                  Sampling(24, 0.0, 1.0, 0, 1.0))
+    assert run.finish.tokens > 0
+    assert all("\ufffd" not in p for p in run.pieces)
+
+
+async def _drain(queue: ModelQueue, text: str, sampling: Sampling, cancel: threading.Event | None = None) -> Stats:
+    stats = Stats()
+    async for _ in queue.stream(text, sampling, cancel or threading.Event(), stats):
+        pass
+    return stats
+
+
+async def test_model_queue_runs_a_batch_refuses_beyond_the_queue_and_times_out(gen):
+    queue = ModelQueue("roleplay", gen, concurrency=1, queue_limit=0, timeout_s=60)
+    long = Sampling(120, 0.0, 1.0, 0, 1.1)
+    try:
+        tasks = [asyncio.create_task(_drain(queue, prompt(gen, f"Write a long essay about {t}."), long))
+                 for t in TOPICS]
+        t0 = time.monotonic()
+        while queue.running < 8 and time.monotonic() - t0 < 10:
+            await asyncio.sleep(0.01)
+        assert queue.running == 8                 # the whole batch runs at once
+        with pytest.raises(EngineBusy):
+            await _drain(queue, prompt(gen, "hi"), GREEDY)
+        done = await asyncio.gather(*tasks)
+        assert all(s.finish.reason in ("stop", "length") for s in done)
+    finally:
+        queue.close()
+    quick = ModelQueue("roleplay", gen, concurrency=1, queue_limit=4, timeout_s=0.3)
+    try:
+        with pytest.raises(GenerationTimeout):
+            await _drain(quick, prompt(gen, "Write a very long essay about everything."), Sampling(2000, 0.0, 1.0, 0, 1.1))
+        t0 = time.monotonic()
+        while quick.running and time.monotonic() - t0 < 5:
+            await asyncio.sleep(0.01)
+        assert quick.running == 0 and gen.batch_stats().running == 0
+    finally:
+        quick.close()
