@@ -49,6 +49,7 @@ async def start_engine(loaded: Loaded, data_dir: Path, *, mongo_uri: str | None,
         character_entries=cfg.characters, mongo_uri=mongo_uri, data_dir=data_dir,
         base_dir=loaded.base_dir, cache_dir=loaded.base_dir / "ai_model", metrics=metrics,
         config_file=loaded.path, env=loaded.secrets.env, memory_cfg=cfg.memory,
+        scenes_cfg=cfg.scenes,
     )
 
 

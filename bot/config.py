@@ -14,7 +14,8 @@ from pydantic import Field, ValidationError, field_validator
 
 from bot.discord.config import DiscordConfig
 from bot.telegram.config import TelegramConfig
-from engine.settings import Cards, CharacterEntry, Language, Limits, Memory, Models, Mongo, Strict
+from engine.settings import (Cards, CharacterEntry, Language, Limits, Memory, Models, Mongo, SceneSettings,
+                             Strict)
 
 
 class HttpConfig(Strict):
@@ -65,6 +66,7 @@ class AppConfig(Strict):
     memory: Memory = Memory()
     cards: Cards = Cards()
     characters: tuple[CharacterEntry, ...] = ()
+    scenes: SceneSettings = SceneSettings()
     discord: DiscordConfig = DiscordConfig()
     telegram: TelegramConfig = TelegramConfig()
     logging: LoggingConfig = LoggingConfig()

@@ -3,7 +3,7 @@
 Each file has the same sections: ``errors`` (engine error codes, every
 surface), ``memory`` (the summary and pinned facts, every surface), ``discord``
 and ``discord.commands`` (slash-command descriptions), ``telegram`` and
-``telegram.menu`` (the command menu). A third language is
+``telegram.menu`` (the command menu), ``scenes`` (every surface). A third language is
 one more file with the same keys; a key missing there falls back to English.
 """
 from __future__ import annotations

@@ -14,6 +14,7 @@ from typing import Any, AsyncIterator
 from engine.api import ModelLimits
 from engine.backends.base import BatchStats, Sampling, TextGenerator
 from engine.backends.beam import Beams, BeamSearch
+from engine.backends.openai_backend import MESSAGES_MARK
 from engine.cards import CharacterRegistry, build_roleplay_parts, card_to_dict, card_to_png, load_card
 from engine.cards.macros import apply_macros
 from engine.cleaning import StreamCleaner
@@ -22,9 +23,10 @@ from engine.errors import (BeamSearchUnavailable, EmptyReply, EngineError, Gener
                            RateLimitedUser, UnknownCharacter, UserBusy)
 from engine.memory import ConversationMemory, Recall
 from engine.observe import EngineMetrics, NoMetrics
-from engine.prompts import PromptParts, fit
+from engine.prompts import Block, PromptParts, fit
+from engine.scenes import Scenes, SceneTurn
 from engine.scheduler import ModelQueue, Stats
-from engine.settings import Memory
+from engine.settings import Memory, SceneSettings
 from engine.store.journal import Journal
 from engine.store.repository import Store
 from engine.types import Turn
@@ -162,7 +164,8 @@ class Engine:
     """
 
     def __init__(self, *, models: dict[str, Model], store: Store, limits, cards_cfg, characters=None,
-                 metrics: EngineMetrics | None = None, on_close=(), memory_cfg: Memory | None = None):
+                 metrics: EngineMetrics | None = None, on_close=(), memory_cfg: Memory | None = None,
+                 scenes_cfg: SceneSettings | None = None):
         self.models = models
         self.store = store
         self.memory = ConversationMemory(memory_cfg or Memory(), store)
@@ -175,6 +178,7 @@ class Engine:
         self._replies: set[Reply] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self.scenes = Scenes(self, scenes_cfg or SceneSettings())
 
     # construction ----------------------------------------------------------------------------
 
@@ -200,8 +204,45 @@ class Engine:
     # conversations -----------------------------------------------------------------------------
 
     async def reset(self, owner: str, scope: str) -> int:
-        """Start new conversations for the owner in this scope; old ones stay stored."""
-        return await self.store.reset(owner, scope)
+        """Start new conversations for the owner in this scope, and end its scene; old ones stay stored."""
+        ended = await self.scenes.end(scope)
+        return await self.store.reset(owner, scope) + int(ended)
+
+    # scenes: several characters in one scope (engine/scenes) -------------------------------------
+
+    async def scene(self, scope: str):
+        """The scope's scene, or None."""
+        return await self.scenes.get(scope)
+
+    async def start_scene(self, scope: str, names: list[str], by, scopes=None):
+        """A new scene with these characters (replacing the scope's); (scene, their greetings)."""
+        return await self.scenes.start(scope, names, by, scopes)
+
+    async def add_to_scene(self, scope: str, name: str, by, scopes=None):
+        """(scene, the greeting of the character that joined, or None if it was there)."""
+        return await self.scenes.add(scope, name, by, scopes)
+
+    async def remove_from_scene(self, scope: str, name: str):
+        return await self.scenes.remove(scope, name)
+
+    async def set_scene_auto(self, scope: str, turns: int):
+        """Character turns after each human message (0: only the characters asked answer)."""
+        return await self.scenes.set_auto(scope, turns)
+
+    async def end_scene(self, scope: str) -> bool:
+        return await self.scenes.end(scope)
+
+    def stop_scene_replies(self, scope: str) -> int:
+        """Stop the scope's chain of character replies (no more turns; the one being written ends)."""
+        return self.scenes.stop_replies_in(scope)
+
+    def scene_turn(self, turn: Turn) -> SceneTurn:
+        """The characters of ``turn.scope``'s scene answering ``turn`` (see engine.scenes.SceneTurn)."""
+        return self.scenes.turn(turn)
+
+    def kept_scene_turn(self, turn: Turn, characters: list[str], lines) -> SceneTurn:
+        """The same in a scene the caller keeps (an API request with its history); nothing is stored."""
+        return self.scenes.stateless(turn, characters, lines)
 
     async def history(self, conversation_id: str, limit: int = 100) -> list[dict]:
         return await self.store.recent_messages(conversation_id, limit)
@@ -362,7 +403,9 @@ class Engine:
             recall, history, docs = await self._remember(reply, card)
             prompt, sampling = self._prompt(reply, model, card, history, recall, docs)
             reply.prompt_s = time.perf_counter() - t_prompt
-            cleaner = StreamCleaner(model.cfg.clean, sampling.stop, card.name if card else "")
+            # A scene labels lines with the name people see, so that is the prefix a reply may open with.
+            shown = (card.display_name if reply.turn.cue else card.name) if card else ""
+            cleaner = StreamCleaner(model.cfg.clean, sampling.stop, shown)
             async for out in self._clean(reply, cleaner, self._generate(reply, model, prompt, sampling)):
                 yield out
             if reply.stop_reason:
@@ -439,8 +482,12 @@ class Engine:
         budget = model.backend.n_ctx - sampling.max_new_tokens
         messages = fit(parts, model.count, budget)
         reply.out_of_window = self.memory.out_of_window(docs, history, messages)
-        reply.prompt = model.backend.render(messages)
-        return reply.prompt, sampling
+        prompt = model.backend.render(messages)
+        cue = reply.turn.cue
+        if cue and cue.prefill and not prompt.startswith(MESSAGES_MARK):
+            prompt += cue.prefill           # a server that applies its own template gets messages instead
+        reply.prompt = prompt
+        return prompt, sampling
 
     async def _generate(self, reply: Reply, model: Model, prompt: str, sampling: Sampling) -> AsyncIterator[str]:
         reply.status = "queued"
@@ -503,6 +550,7 @@ class Engine:
         stop = tuple(p.stop if p.stop is not None else cfg.stop)
         user = turn.speaker.name
         stop = tuple(s.replace("{{user}}", user).replace("{{char}}", card.name if card else "") for s in stop)
+        stop += turn.cue.stop if turn.cue else ()
         return Sampling(
             max_new_tokens=p.max_new_tokens or max_new_tokens(cfg.max_new_tokens, model.classifier, turn.text),
             temperature=cfg.temperature if p.temperature is None else p.temperature,
@@ -527,8 +575,11 @@ class Engine:
     def _parts(self, model: Model, turn: Turn, card, history: list[dict]) -> PromptParts:
         if card is None:
             return PromptParts(system=turn.system or model.cfg.system_prompt, user=turn.text, history=history)
-        return build_roleplay_parts(card, turn.speaker.name, history, turn.text, self.cards_cfg.roleplay_prompt,
-                                    count_tokens=model.backend.count_tokens, budget=model.backend.n_ctx)
+        parts = build_roleplay_parts(card, turn.speaker.name, history, turn.text, self.cards_cfg.roleplay_prompt,
+                                     count_tokens=model.backend.count_tokens, budget=model.backend.n_ctx)
+        if turn.cue and turn.cue.context:
+            parts.blocks.append(Block(turn.cue.context))
+        return parts
 
     def _greeting(self, card, turn: Turn) -> str:
         if turn.character and self.registry:
@@ -588,7 +639,7 @@ class Engine:
 async def build_engine(*, models_cfg, mongo_cfg, limits, cards_cfg, character_entries, mongo_uri: str | None,
                        data_dir: Path, base_dir: Path, cache_dir: Path, metrics: EngineMetrics | None = None,
                        config_file: Path | None = None, env: dict[str, str] | None = None,
-                       memory_cfg: Memory | None = None) -> Engine:
+                       memory_cfg: Memory | None = None, scenes_cfg: SceneSettings | None = None) -> Engine:
     """Start the store (embedded server if no URI), load both models, load the characters."""
     from engine.loading import load_backend
     from engine.store.embedded import EmbeddedMongo
@@ -627,7 +678,7 @@ async def build_engine(*, models_cfg, mongo_cfg, limits, cards_cfg, character_en
             await fn()
         raise
     return Engine(models=models, store=store, limits=limits, cards_cfg=cards_cfg, characters=characters,
-                  metrics=metrics, on_close=on_close, memory_cfg=memory_cfg)
+                  metrics=metrics, on_close=on_close, memory_cfg=memory_cfg, scenes_cfg=scenes_cfg)
 
 
 async def _stored_cards(store: Store) -> list[dict]:

@@ -86,3 +86,15 @@ class PinRejected(EngineError, code="pin_rejected"):
 
 class UnknownPin(EngineError, code="unknown_pin"):
     """No pinned fact with that number; ``info`` has ``n`` and ``count``."""
+
+
+class NoScene(EngineError, code="no_scene"):
+    """The channel has no scene (a scene command other than start)."""
+
+
+class SceneFull(EngineError, code="scene_full"):
+    """A scene may hold at most ``scenes.max_characters`` characters (``info['limit']``)."""
+
+
+class CharacterNotHere(EngineError, code="character_not_here"):
+    """bot.yaml's ``characters[].channels`` keeps this character out of the scope (``info['name']``)."""

@@ -267,3 +267,16 @@ class Memory(Strict):
            "3인칭으로 합치세요: {{char}}와 {{user}}가 누구인지, 무슨 일이 있었는지, 어떤 약속을 했는지, "
            "지금 어디에 있는지. 한국어로 짧은 노트만 쓰세요.",
     )
+
+
+MAX_AUTO_TURNS = 20
+
+
+class SceneSettings(Strict):
+    """Scenes: several characters sharing one conversation in a channel (bot.yaml ``scenes:``)."""
+
+    max_characters: int = Field(6, ge=1, le=20)
+    auto_turns: int = Field(0, ge=0, le=MAX_AUTO_TURNS)        # character turns after a human message; 0: only those asked
+    nudge: str = Field("[Write the next reply only as {{char}}.]", min_length=1)
+    description_chars: int = Field(300, ge=0, le=4000)   # how much of another character's description each prompt shows
+    seed: int | None = None                          # the speaker draw's seed; None: a new one per start

@@ -35,6 +35,21 @@ class GenParams:
     num_beams: int | None = None          # the request's own beam width, over the model's
 
 
+@dataclass(frozen=True)
+class Cue:
+    """What a turn among several speakers (a scene) adds to the roleplay prompt.
+
+    ``context`` is system text after the character's card (the others
+    present); ``stop`` are more stop strings (their names followed by ":");
+    ``prefill`` opens the reply ("Wren:") where the prompt is text, so the
+    model goes on as that speaker instead of labelling a line as someone else.
+    """
+
+    context: str = ""
+    stop: tuple[str, ...] = ()
+    prefill: str = ""
+
+
 @dataclass
 class Turn:
     """One user message for the engine to answer.
@@ -57,3 +72,4 @@ class Turn:
     request_key: str | None = None        # idempotency key from the surface (e.g. a Telegram update id)
     history: list[dict] | None = None     # explicit prior messages (stateless APIs); replaces stored memory
     system: str | None = None             # replaces the chat model's system prompt for this turn
+    cue: Cue | None = None                # a scene turn's additions to the roleplay prompt

@@ -65,8 +65,8 @@ async def stored_reply(engine, conv_key: str) -> str:
 
 async def test_chat_defers_edits_and_ends_with_the_engine_text(engine):
     async with running(engine) as (fake, surface):
-        assert {c["name"] for c in fake.commands} == {"chat", "roleplay", "character", "reset", "stop", "help", "lang",
-                                                      "memory"}
+        assert {c["name"] for c in fake.commands} == {"chat", "roleplay", "character", "scene", "reset", "stop", "help",
+                                                      "lang", "memory"}
         chat = next(c for c in fake.commands if c["name"] == "chat")
         assert chat["description_localizations"]["ko"]
         inter = await fake.slash("chat", [opt("message", "Tell me about the sea in three sentences.")])
@@ -91,6 +91,7 @@ class Scripted:
 
     def __init__(self, text: str, delay: float = 0.0, chunk: int = 40):
         self.text, self.delay, self.chunk = text, delay, chunk
+        self.prompts: list[str] = []          # every prompt it was given, for tests that look at them
 
     def render(self, messages):
         return "\n".join(m["content"] for m in messages)
@@ -99,6 +100,7 @@ class Scripted:
         return len(text) // 4
 
     def generate(self, prompt, sampling, cancel: threading.Event, emit):
+        self.prompts.append(prompt)
         for i in range(0, len(self.text), self.chunk):
             if cancel.is_set():
                 return Finish(tokens=i // 4, reason="cancelled")

@@ -44,7 +44,7 @@ class _Client(discord.Client):
 
     async def on_message(self, message: discord.Message) -> None:
         if self.surface.seen.first_time(message.id):
-            await self.surface.messages.on_message(message)
+            await self.surface.on_message(message)
 
 
 class DiscordSurface:
@@ -63,6 +63,14 @@ class DiscordSurface:
         self.messages: Messages | None = None
         self.synced: list = []
         self._task: asyncio.Task | None = None
+
+    async def on_message(self, message: discord.Message) -> None:
+        """A channel with a scene is answered by its characters; elsewhere mentions, DMs and reply chains."""
+        me = self.client.user if self.client else None
+        if me is None or message.author.bot or message.webhook_id is not None or message.author.id == me.id:
+            return
+        if not await self.commands.scenes.on_message(message):
+            await self.messages.on_message(message)
 
     def _trace(self) -> aiohttp.TraceConfig:
         """Counts 429s on the wire: discord.py waits them out itself and never tells the caller."""

@@ -1,4 +1,4 @@
-"""The slash commands: /chat, /roleplay, /character list|info|use|import, /reset, /stop, /help, /lang, /memory."""
+"""The slash commands: /chat, /roleplay, /character list|info|use|import, /scene, /reset, /stop, /help, /lang, /memory."""
 from __future__ import annotations
 
 import io
@@ -11,6 +11,7 @@ from discord import app_commands
 from bot.discord.access import Access, who
 from bot.discord.conversation import Conversations, place_of, speaker_of
 from bot.discord.memory import memory_group
+from bot.discord.scenes import SceneCommands
 from bot.discord.texts import TEXTS
 from bot.discord.translator import desc
 from bot.i18n import describe, pick_lang, text
@@ -52,6 +53,8 @@ class Commands:
         self.tree = _Tree(client, seen)
         self.tree.on_error = self.on_error
         self._build()
+        self.scenes = SceneCommands(self)
+        self.scenes.build(self.tree)
 
     # --- shared steps --------------------------------------------------------------------------------
 
@@ -168,6 +171,7 @@ class Commands:
         async def stop(interaction: discord.Interaction) -> None:
             # The engine answers from memory, at once: no defer needed within the 3 s.
             count = await self.engine.stop_replies_of(speaker_of(interaction.user).id)
+            count += self.engine.stop_scene_replies(place_of(interaction.channel, interaction.user).scope)
             lang = self.quick_lang(interaction)
             await self.say(interaction, text(TEXTS, "stopped", lang, count=count) if count
                            else text(TEXTS, "nothing_to_stop", lang))

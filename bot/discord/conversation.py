@@ -203,6 +203,30 @@ class Conversations:
         pieces = self._typing_until_first(reply, channel) if self.cfg.typing else reply
         return await self._run(reply, _Sink(transport), lang, pieces)
 
+    async def speak(self, channel: Any, place: Place, character: str, pieces: AsyncIterator[str], lang: str, *,
+                    conversation_id: str | None = None, may_hook: bool | None = None, typing: bool = False) -> str:
+        """One character's own message in a channel (a scene's reply or greeting): a new webhook message
+        wearing its name and card image, else an embed; paced by the channel's budget like every reply."""
+        if may_hook is None:
+            may_hook = not place.dm and self._can_manage_webhooks(channel)
+        look, hook = await self._look_and_hook(channel, character, may_hook)
+        link = self._link_to(conversation_id)
+        if hook is not None:
+            transport = self._webhook_transport(place, channel, hook, self.persona(character), link)
+        else:
+            transport = ChannelTransport(place.channel_id, self.pacer, self.counters, look, link, channel=channel)
+        shown = self._typing_until_first(pieces, channel) if typing and self.cfg.typing else pieces
+        return await self._run(None, _Sink(transport), lang, shown)
+
+    def _link_to(self, conversation_id: str | None):
+        async def link(message_id: int) -> None:
+            if conversation_id:
+                try:
+                    await self.engine.link_message(link_key(message_id), conversation_id)
+                except StoreUnavailable as e:
+                    log.warning("scene link for message %s not stored: %s", message_id, e.detail)
+        return link
+
     @staticmethod
     def _can_manage_webhooks(channel: Any) -> bool:
         guild = getattr(channel, "guild", None)

@@ -33,6 +33,9 @@ STATUS: dict[str, int] = {
     "pin_too_long": 422,
     "pins_full": 422,
     "unknown_pin": 404,
+    "no_scene": 404,
+    "scene_full": 422,
+    "character_not_here": 403,
     "internal": 500,
 }
 

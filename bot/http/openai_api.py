@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from bot.http.context import CHARACTER_PREFIX, ctx_of
 from bot.http.errors import ApiError, parse_body, request_lang, status_of
 from bot.http.replies import collect, stream_reply
+from bot.http.openai_scenes import SCENE_PREFIX, SceneCompletion, scene_characters, scene_turn
 from bot.http.sink import ChunkEvents, finish_reason, usage_of
 from bot.i18n import describe
 from engine.api import EngineAPI
@@ -220,6 +221,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     engine = ctx_of(request).engine
     body = await _parse(request)
     lang = _api_lang(request)
+    if body.model.startswith(SCENE_PREFIX):
+        return await _scene(request, engine, body, lang)
     reply = engine.reply(_turn(engine, body, lang))
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -232,6 +235,21 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                      "logprobs": None, "finish_reason": finish_reason(reply)}],
         "usage": usage_of(reply),
     })
+
+
+async def _scene(request: web.Request, engine: EngineAPI, body: ChatRequest, lang: str) -> web.StreamResponse:
+    characters = scene_characters(engine, body.model)
+    if characters is None:
+        raise OpenAIError(404, f"The model {body.model!r} names no characters or an unknown one; GET /v1/models "
+                               f"lists them", param="model", code="model_not_found")
+    if body.messages[-1].role != "user":
+        raise OpenAIError(400, "messages: the last message must be the user's", param="messages")
+    messages = [(m.role, m.text(i), m.name) for i, m in enumerate(body.messages)]
+    speaker = f"openai:{body.user}" if body.user else f"openai:req:{uuid.uuid4().hex}"
+    chain = scene_turn(engine, characters, messages, speaker, lang, body.max_completion_tokens or body.max_tokens,
+                       body.temperature, body.top_p)
+    completion = SceneCompletion(request, chain, body.model, lang)
+    return await (completion.streamed() if body.stream else completion.whole())
 
 
 def setup(app: web.Application) -> None:

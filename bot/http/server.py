@@ -6,7 +6,7 @@ import logging
 
 from aiohttp import web
 
-from bot.http import admin, characters, health, legacy, memory, openai_api
+from bot.http import admin, characters, health, legacy, memory, openai_api, web_scenes
 from bot.http import web as web_page
 from bot.http.auth import make_auth_middleware
 from bot.http.context import CTX, HttpContext
@@ -15,7 +15,7 @@ from bot.http.errors import error_middleware, json_error
 log = logging.getLogger(__name__)
 
 # Route modules added by later features register here; each has setup(app) and may name open paths.
-ROUTE_MODULES = [health, legacy, admin, memory, characters, openai_api, web_page]
+ROUTE_MODULES = [health, legacy, admin, memory, characters, openai_api, web_page, web_scenes]
 # The tasks of requests in progress, so that a stop can cancel them when its grace is over.
 IN_FLIGHT = web.AppKey("in_flight", set)
 

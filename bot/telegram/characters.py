@@ -82,8 +82,14 @@ class Characters:
             return await out.say("character_not_here", name=found.name)
         await self.engine.set_active_character(where.owner, where.scope, found.name)
         card, user = found.card, where.speaker.name
-        caption = trim(apply_macros(card.description, card.display_name, user).strip() or card.display_name,
-                       CAPTION_LIMIT)
+        await self.show_card(out, card, apply_macros(card.description, card.display_name, user).strip())
+        greeting = found.greeting or card.first_mes
+        if greeting.strip():
+            await out.say_text(trim(apply_macros(greeting, card.display_name, user), MessageLimit.MAX_TEXT_LENGTH))
+
+    async def show_card(self, out: Replier, card, caption: str) -> None:
+        """The card's image as a photo (a file when Telegram refuses it as one), sent once per update."""
+        caption = trim(caption or card.display_name, CAPTION_LIMIT)
         image = card.image or placeholder(card.name)
         bot, chat_id = out.transport.bot, out.transport.chat_id
 
@@ -95,9 +101,6 @@ class Characters:
                 return await bot.send_document(chat_id, image, caption=caption, filename=f"{card.name}.png")
 
         await out.once(photo)
-        greeting = found.greeting or card.first_mes
-        if greeting.strip():
-            await out.say_text(trim(apply_macros(greeting, card.display_name, user), MessageLimit.MAX_TEXT_LENGTH))
 
     async def import_card(self, where: Where, document: Document | None, out: Replier) -> None:
         """An admin's /import: check the card file, store it, and offer it at once."""

@@ -15,6 +15,7 @@ from bot.telegram.context import Replier, Where, display_name
 from bot.telegram.journal import Entry
 from bot.telegram.memory import MemoryCommands
 from bot.telegram.pacing import Pacer
+from bot.telegram.scenes import PREFIX as SCENE_PREFIX, SceneHandlers
 from bot.telegram.sinks import ChatTransport, DraftSink, EditingSink, Typing
 from bot.telegram.texts import TEXTS
 from engine.api import EngineAPI
@@ -59,6 +60,8 @@ class Handlers:
             "import": self.cmd_import,
             **MemoryCommands(engine, self.characters).handlers(),
         }
+        self.scenes = SceneHandlers(self)
+        self.commands.update(self.scenes.commands)
 
     @property
     def username(self) -> str:
@@ -75,7 +78,9 @@ class Handlers:
             return "ignored"
         command = parse_command(message, self.username)
         private = message.chat.type == Chat.PRIVATE
-        if command is None and not private and not self._addressed(message):
+        # In a chat with a scene, everything said to the bot is said to the scene's characters.
+        in_scene = command is None and message.text is not None and await self.scenes.here(message.chat.id)
+        if command is None and not private and not in_scene and not self._addressed(message):
             return "ignored"
         if command is not None and command[0] not in self.commands:
             return "ignored" if not private else await self._reply_help(message, entry)
@@ -97,6 +102,9 @@ class Handlers:
         if not text.strip():
             await out.say("help")
             return "help"
+        if in_scene:
+            await self.scenes.converse(where, message, text, entry)
+            return "scene"
         await self.converse(where, message, text, entry, character=await self.characters.current(where))
         return "reply"
 
@@ -120,6 +128,8 @@ class Handlers:
         if refusal:
             await out.say(refusal)
             return "refused"
+        if query.data.startswith(SCENE_PREFIX):
+            return await self.scenes.on_button(where, query.data, out)
         name = name_from_callback(query.data, self.characters.names(where))
         if name is None:
             await out.say("unknown_character", name=query.data.removeprefix("ch:"))
@@ -248,7 +258,8 @@ class Handlers:
 
     async def cmd_stop(self, where, message, args, entry, out) -> None:
         # A stopped reply says so itself ("Reply stopped."); only an idle /stop needs an answer.
-        if not await self.engine.stop_replies_of(where.speaker.id):
+        stopped = await self.engine.stop_replies_of(where.speaker.id) + self.engine.stop_scene_replies(where.scope)
+        if not stopped:
             await out.say("nothing_to_stop")
 
     async def cmd_lang(self, where, message, args, entry, out) -> None:

@@ -11,7 +11,7 @@ import datetime as dt
 import logging
 from typing import Awaitable, Callable
 
-from telegram import Bot, ReplyParameters
+from telegram import Bot, MessageEntity, ReplyParameters
 from telegram.constants import ChatAction, MessageLimit
 from telegram.error import BadRequest, EndPointNotFound, InvalidToken, RetryAfter, TelegramError
 
@@ -22,6 +22,11 @@ from bot.telegram.pacing import Pacer
 log = logging.getLogger(__name__)
 
 LIMIT = MessageLimit.MAX_TEXT_LENGTH          # 4096
+
+
+def utf16_len(text: str) -> int:
+    """Telegram counts entity offsets and lengths in UTF-16 code units."""
+    return len(text.encode("utf-16-le")) // 2
 
 
 def retry_seconds(e: RetryAfter) -> float:
@@ -44,10 +49,15 @@ class ChatTransport:
     limit = LIMIT
 
     def __init__(self, bot: Bot, pacer: Pacer, chat_id: int, *, reply_to: int | None = None,
-                 on_sent: Callable[[int], Awaitable[None]] | None = None):
+                 on_sent: Callable[[int], Awaitable[None]] | None = None, name: str | None = None):
         self.bot, self.pacer, self.chat_id = bot, pacer, chat_id
         self.reply_to = reply_to
         self.on_sent = on_sent
+        # A scene's character signs each of its messages: "Name: " with the name in bold (an entity,
+        # so the text itself stays plain and can never be refused for markup).
+        self.head = f"{name}: " if name else ""
+        self.entities = [MessageEntity(MessageEntity.BOLD, 0, utf16_len(name))] if name else None
+        self.limit = LIMIT - len(self.head)
 
     async def call(self, fn):
         """Run one message-producing Bot API call for this chat, paced; a 429 becomes RateLimited."""
@@ -61,7 +71,8 @@ class ChatTransport:
 
     async def send(self, text: str) -> int:
         reply = ReplyParameters(self.reply_to, allow_sending_without_reply=True) if self.reply_to else None
-        message = await self.call(lambda: self.bot.send_message(self.chat_id, text, reply_parameters=reply))
+        message = await self.call(lambda: self.bot.send_message(self.chat_id, self.head + text, entities=self.entities,
+                                                                reply_parameters=reply))
         self.reply_to = None                  # later pages follow the first one
         if self.on_sent:
             await self.on_sent(message.message_id)
@@ -69,7 +80,8 @@ class ChatTransport:
 
     async def edit(self, handle: int, text: str) -> None:
         try:
-            await self.call(lambda: self.bot.edit_message_text(text, chat_id=self.chat_id, message_id=handle))
+            await self.call(lambda: self.bot.edit_message_text(self.head + text, chat_id=self.chat_id, message_id=handle,
+                                                               entities=self.entities))
         except BadRequest as e:
             if "not modified" not in str(e).lower():
                 raise

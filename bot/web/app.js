@@ -1,5 +1,5 @@
-// The web chat page: pick chat or a character, stream replies, stop, reset, see and edit the memory;
-// history lives in the bot's store.
+// The web chat page: pick chat, a character or a scene of several; stream replies, stop, reset, see and edit
+// the memory; history lives in the bot's store. Replies are rendered by render.js (DOM nodes only, never innerHTML).
 "use strict";
 
 const TEXTS = {
@@ -9,6 +9,7 @@ const TEXTS = {
     memory: "Memory", pin: "Pin", forget: "Forget", unpin: "Unpin", pinPlaceholder: "A fact to always remember",
     noSummary: "No summary yet: once the conversation is long, what scrolls out is summarised here.",
     covers: (n) => `Covers ${n} earlier message(s).`,
+    scene: "Scene (several characters)", pickCast: "Pick the characters of the scene:", startScene: "Start the scene",
   },
   ko: {
     talkTo: "대화 상대", chat: "채팅", reset: "새 대화", send: "보내기", stop: "멈추기",
@@ -16,6 +17,7 @@ const TEXTS = {
     memory: "기억", pin: "고정", forget: "지우기", unpin: "고정 해제", pinPlaceholder: "항상 기억할 내용",
     noSummary: "아직 요약이 없어요. 대화가 길어지면 지난 내용이 여기에 요약돼요.",
     covers: (n) => `메시지 ${n}개를 요약했어요.`,
+    scene: "장면 (여러 캐릭터)", pickCast: "장면에 함께할 캐릭터를 고르세요:", startScene: "장면 시작",
   },
 };
 const LANG = (navigator.languages && navigator.languages[0] || navigator.language || "en")
@@ -24,7 +26,8 @@ const T = TEXTS[LANG];
 
 const $ = (id) => document.getElementById(id);
 const log = $("log"), input = $("input"), targetSelect = $("target");
-const state = { characters: new Map(), writing: null, controller: null };
+const state = { characters: new Map(), cast: new Map(), writing: null, controller: null };
+const SCENE = "scene";
 
 function sessionId() {
   let id = localStorage.getItem("llmbot.session");
@@ -48,14 +51,42 @@ function translate() {
 }
 
 function target() { return targetSelect.value || "chat"; }
+function inScene() { return target() === SCENE; }
 
-function addMessage(role, text, extraClass) {
+function avatar(src) {
+  const img = document.createElement("img");
+  img.alt = "";
+  img.src = src;
+  return img;
+}
+
+// A message; a scene's character message starts with its avatar and name. ``el.raw`` is the text as written.
+function addMessage(role, text, extraClass, speaker) {
   const el = document.createElement("div");
   el.className = `msg ${role}` + (extraClass ? ` ${extraClass}` : "");
-  el.textContent = text;            // never innerHTML: replies are untrusted text
+  if (speaker) {
+    const who = document.createElement("div");
+    who.className = "who";
+    const image = state.cast.get(speaker);
+    if (image) who.append(avatar(image));
+    const name = document.createElement("span");
+    name.textContent = speaker;
+    who.append(name);
+    el.append(who);
+  }
+  el.body = document.createElement("div");
+  el.body.className = "body";
+  el.append(el.body);
+  setText(el, text);
   log.appendChild(el);
   log.scrollTop = log.scrollHeight;
   return el;
+}
+
+function setText(el, text) {
+  el.raw = text;
+  if (el.classList.contains("assistant")) renderRich(el.body, text);
+  else el.body.textContent = text;            // never innerHTML: messages are untrusted text
 }
 
 function addNote(text) {
@@ -86,6 +117,7 @@ async function errorText(res) {
 }
 
 function showPersona() {
+  $("scene").hidden = !inScene();
   const c = state.characters.get(target());
   $("persona").hidden = !c;
   if (!c) return;
@@ -95,6 +127,7 @@ function showPersona() {
 }
 
 async function loadHistory() {
+  if (inScene()) return loadScene();
   const t = target();
   const data = await api(`/web/api/history?session=${SESSION}&target=${encodeURIComponent(t)}`);
   if (t !== target() || state.writing) return;     // switched again, or a reply started meanwhile
@@ -145,6 +178,55 @@ async function memoryAction(action, extra) {
   }
 }
 
+function showCast(characters) {
+  state.cast = new Map(characters.map((c) => [c.name, c.image]));
+  const cast = $("cast");
+  cast.replaceChildren();
+  for (const c of characters) {
+    const item = document.createElement("span");
+    if (c.image) item.append(avatar(c.image));
+    const name = document.createElement("strong");
+    name.textContent = c.name;
+    item.append(name);
+    cast.append(item);
+  }
+  $("scene-pick").hidden = characters.length > 0;
+  $("send").disabled = characters.length === 0;
+}
+
+function showChoices() {
+  const box = $("scene-choices");
+  box.replaceChildren();
+  for (const c of state.characters.values()) {
+    const label = document.createElement("label");
+    const check = document.createElement("input");
+    check.type = "checkbox";
+    check.value = c.name;
+    label.append(check, document.createTextNode(" " + c.name));
+    box.append(label);
+  }
+}
+
+async function loadScene() {
+  const data = await api(`/web/api/scene?session=${SESSION}`);
+  if (!inScene() || state.writing) return;
+  log.replaceChildren();
+  showCast(data.characters);
+  for (const m of data.messages) {
+    addMessage(m.role, m.content, null, m.role === "assistant" ? m.speaker : null);
+    if (m.role === "assistant" && m.status === "cancelled") addNote(T.stopped);
+  }
+}
+
+async function startScene() {
+  const names = [...document.querySelectorAll("#scene-choices input:checked")].map((c) => c.value);
+  if (!names.length) return;
+  const data = await api("/web/api/scene", { session: SESSION, characters: names });
+  log.replaceChildren();
+  showCast(data.characters);
+  for (const m of data.messages) addMessage(m.role, m.content, "greeting", m.speaker);
+}
+
 async function loadCharacters() {
   const data = await api("/web/api/characters");
   for (const c of data.characters) {
@@ -159,7 +241,8 @@ async function loadCharacters() {
 }
 
 // Reads OpenAI-style server-sent events: {"choices":[{"delta":{"content":…}}]}, {"error":…}, [DONE].
-async function readEvents(res, onText) {
+// A delta with a ``name`` opens the next speaker's message (a scene).
+async function readEvents(res, onText, onSpeaker) {
   const reader = res.body.getReader();
   const decoder = new TextDecoder();
   let buffer = "", error = null;
@@ -178,6 +261,7 @@ async function readEvents(res, onText) {
         const obj = JSON.parse(data);
         if (obj.error) { error = obj.error; continue; }
         const delta = obj.choices && obj.choices[0] && obj.choices[0].delta;
+        if (delta && delta.name && onSpeaker) onSpeaker(delta.name);
         if (delta && delta.content) onText(delta.content);
       }
     }
@@ -187,34 +271,39 @@ async function readEvents(res, onText) {
 
 async function send(text) {
   addMessage("user", text);
-  const out = addMessage("assistant", "", "writing");
-  state.writing = out;
+  const scene = inScene();
+  let out = scene ? null : addMessage("assistant", "", "writing");
+  state.writing = out || true;
   state.controller = new AbortController();
   setWriting(true);
   const firstReply = !log.querySelector(".msg.assistant:not(.greeting):not(.writing)");
+  const drop = () => { if (out && !out.raw) out.remove(); };
   try {
-    const res = await fetch("/web/api/chat", {
+    const res = await fetch(scene ? "/web/api/scene/chat" : "/web/api/chat", {
       method: "POST", headers: { "Content-Type": "application/json" }, signal: state.controller.signal,
-      body: JSON.stringify({ session: SESSION, target: target(), text }),
+      body: JSON.stringify(scene ? { session: SESSION, text } : { session: SESSION, target: target(), text }),
     });
     if (!res.ok) {
-      out.remove();
+      drop();
       addNote(await errorText(res));
       return;
     }
     const error = await readEvents(res, (piece) => {
-      out.textContent += piece;
+      setText(out, out.raw + piece);
       log.scrollTop = log.scrollHeight;
+    }, (speaker) => {
+      if (out) out.classList.remove("writing");
+      out = addMessage("assistant", "", "writing", speaker);
     });
     if (error) {
-      if (!out.textContent) out.remove();
+      drop();
       addNote(error.code === "cancelled" ? T.stopped : error.message);
     }
   } catch (e) {
-    if (!out.textContent) out.remove();
+    drop();
     addNote(e.name === "AbortError" ? T.stopped : T.failed);
   } finally {
-    out.classList.remove("writing");
+    if (out) out.classList.remove("writing");
     state.writing = null;
     state.controller = null;
     setWriting(false);
@@ -236,7 +325,8 @@ async function stop() {
 
 async function reset() {
   // Nothing is lost: the old conversation stays stored, so no confirmation is asked.
-  await api("/web/api/reset", { session: SESSION, target: target() });
+  if (inScene()) await api("/web/api/scene/end", { session: SESSION });
+  else await api("/web/api/reset", { session: SESSION, target: target() });
   await loadHistory();
   await loadMemory();
 }
@@ -264,9 +354,14 @@ function wire() {
   });
   input.addEventListener("input", autosize);
   $("stop").addEventListener("click", stop);
+  $("scene-pick").addEventListener("submit", (e) => {
+    e.preventDefault();
+    startScene().catch((err) => addNote(err.message));
+  });
   $("reset").addEventListener("click", () => reset().catch((e) => addNote(e.message)));
   targetSelect.addEventListener("change", () => {
     localStorage.setItem("llmbot.target", target());
+    $("send").disabled = false;
     showPersona();
     loadHistory().catch((e) => addNote(e.message));
     loadMemory().catch((e) => addNote(e.message));
@@ -288,6 +383,7 @@ async function main() {
   $("send").disabled = true;         // until the history is shown, so a first message is not wiped by it
   try {
     await loadCharacters();
+    showChoices();
   } catch (e) {
     addNote(e.message);
   }
@@ -297,7 +393,7 @@ async function main() {
   } catch (e) {
     addNote(e.message);
   }
-  $("send").disabled = false;
+  if (!inScene()) $("send").disabled = false;
   document.body.dataset.ready = "1";
   input.focus();
 }

@@ -35,7 +35,7 @@ INDEXES: dict[str, list[tuple[str, list[tuple[str, int]], dict]]] = {
     # One document per summary revision; the unique index makes a concurrent second writer of a revision fail.
     "summaries": [("summary_conv_rev", [("conv_id", ASCENDING), ("rev", ASCENDING)], {"unique": True})],
     "pins": [("pins_conv", [("conv_id", ASCENDING), ("state", ASCENDING), ("ts", ASCENDING)], {})],
-    "users": [], "characters": [], "links": [],
+    "users": [], "characters": [], "links": [], "scenes": [],
 }
 
 
@@ -242,9 +242,11 @@ class Store:
 
     @_guard
     async def add_message(self, conv_id: str, role: str, content: str, *, request_key: str | None = None,
-                          status: str = "done", meta: dict | None = None, durable: bool = False) -> str:
+                          status: str = "done", meta: dict | None = None, durable: bool = False,
+                          speaker: str = "") -> str:
         """Store one message; with a ``request_key`` the same request is stored once per status.
 
+        ``speaker`` names who said it where several may (a scene's people and characters).
         ``status`` is "done" for a complete message, else why a reply ended early
         ("cancelled", "error"); a partial reply does not stand in for a later
         complete one. ``durable`` writes are kept and retried if the database is
@@ -263,7 +265,7 @@ class Store:
                 return found["_id"]
         msg_id = keyed_id(conv_id, request_key, role, status) if request_key else new_id()
         doc = {"_id": msg_id, "conv_id": conv_id, "ts": time.time_ns(), "role": role, "content": content,
-               "request_key": request_key or "", "status": status, "meta": meta or {}}
+               "request_key": request_key or "", "status": status, "meta": meta or {}, "speaker": speaker}
         if durable:
             await self._insert_durable("messages", doc)
         else:
