@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import random
 import threading
 import time
@@ -17,13 +18,13 @@ from engine.cards import CharacterRegistry, build_roleplay_parts, card_to_dict, 
 from engine.cards.macros import apply_macros
 from engine.cleaning import StreamCleaner
 from engine.complexity import Classifier, make_classifier, max_new_tokens
-from engine.errors import (EmptyReply, EngineError, GenerationCancelled, InputTooLong, RateLimitedUser,
-                           UnknownCharacter, UserBusy)
+from engine.errors import (EmptyReply, EngineError, GenerationCancelled, InputTooLong, PromptTooLong,
+                           RateLimitedUser, UnknownCharacter, UserBusy)
 from engine.observe import EngineMetrics, NoMetrics
 from engine.prompts import PromptParts, fit
 from engine.scheduler import ModelQueue, Stats
 from engine.store.journal import Journal
-from engine.store.repository import Store
+from engine.store.repository import Store, new_id
 from engine.types import Turn
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ class Reply:
     halt: threading.Event = field(default_factory=threading.Event)   # seen by the generating thread
     stop_reason: str | None = None    # "user" (/stop), "shutdown"; None while not stopped
     prompt: str = ""                  # the rendered prompt, for tests and debugging
+    message_id: str | None = None     # the stored reply's id once its progress was written
+    saved_at: float = 0.0             # monotonic time of the last progress write
     _started: bool = False
 
     def __aiter__(self) -> AsyncIterator[str]:
@@ -282,10 +285,15 @@ class Engine:
     def model_info(self) -> dict[str, dict]:
         return {role: m.backend.info() for role, m in self.models.items()}
 
-    async def database_names(self) -> list[str]:
-        return await self.store.database_names()
+    async def database_names(self, all_databases: bool = False) -> list[str]:
+        """The bot's own database (once it exists), or with ``all_databases`` every one on the server."""
+        names = await self.store.database_names()
+        return names if all_databases else [n for n in names if n == self.store.db.name]
 
-    async def collection_names(self, db_name: str) -> list[str] | None:
+    async def collection_names(self, db_name: str, all_databases: bool = False) -> list[str] | None:
+        """A database's collections; None for one that does not exist or (without ``all_databases``) is not ours."""
+        if not all_databases and db_name != self.store.db.name:
+            return None
         return await self.store.collection_names(db_name)
 
     def platform_store(self, name: str) -> Journal:
@@ -387,12 +395,20 @@ class Engine:
         parts = self._parts(model, reply.turn, card, history)
         budget = model.backend.n_ctx - sampling.max_new_tokens
         reply.prompt = model.backend.render(fit(parts, model.count, budget))
+        # fit drops memory and optional blocks but keeps the system text and the message: when those alone
+        # overflow, refuse rather than let the backend fail (or prefill far past its window).
+        tokens = model.backend.count_tokens(reply.prompt)
+        if tokens > budget:
+            raise PromptTooLong(f"{tokens} prompt tokens, budget {budget}", limit=budget, tokens=tokens)
         return reply.prompt, sampling
 
     async def _generate(self, reply: Reply, model: Model, prompt: str, sampling: Sampling) -> AsyncIterator[str]:
         reply.status = "queued"
         self.metrics.queue_depth(model.role, model.queue.depth + 1)
-        async for raw in model.queue.stream(prompt, sampling, reply.halt, reply.stats):
+        # A low-priority turn (the HTTP surfaces) may not take the last places of the queue.
+        reserved = math.ceil(model.queue.queue_limit * self.limits.reserved_queue_share) \
+            if reply.turn.low_priority else 0
+        async for raw in model.queue.stream(prompt, sampling, reply.halt, reply.stats, reserved=reserved):
             reply.status = "running"
             yield raw
 
@@ -401,6 +417,7 @@ class Engine:
             out = cleaner.feed(piece)
             if out:
                 reply.text += out
+                await self._save_progress(reply)
                 yield out
             if cleaner.stopped and not reply.halt.is_set():
                 # Let the model see it within one token and drain, so its slot is free when we return.
@@ -412,11 +429,30 @@ class Engine:
             reply.text += tail
             yield tail
 
+    async def _save_progress(self, reply: Reply) -> None:
+        """Every ``limits.progress_interval_s`` the text so far is stored as ``status: "partial"``, so a reply
+        whose process is killed is kept and marked (never taken for a complete one); the end replaces it."""
+        interval = self.limits.progress_interval_s
+        now = time.monotonic()
+        if not (reply.turn.remember and reply.conversation_id and interval) or now - reply.saved_at < interval:
+            return
+        if reply.saved_at == 0.0:
+            reply.saved_at = now        # the first piece starts the clock: short replies are written once
+            return
+        reply.saved_at = now
+        reply.message_id = reply.message_id or new_id()
+        try:
+            await self.store.add_message(reply.conversation_id, "assistant", reply.text,
+                                         request_key=reply.turn.request_key, status="partial",
+                                         meta={"model": reply.model}, message_id=reply.message_id)
+        except EngineError as e:        # the final write is durable; a missed progress write is not fatal
+            log.warning("progress of a reply not stored: %s", e.detail)
+
     async def _store(self, reply: Reply, model: Model) -> None:
         # Partial replies (stopped, timed out) are kept too, marked with their status.
         await self.store.add_message(
             reply.conversation_id, "assistant", reply.text, request_key=reply.turn.request_key,
-            status=reply.status, meta={"model": model.role}, durable=True)
+            status=reply.status, meta={"model": model.role}, durable=True, message_id=reply.message_id)
 
     def _card_for(self, turn: Turn):
         if turn.mode != "roleplay":

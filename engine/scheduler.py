@@ -43,9 +43,12 @@ class ModelQueue:
         return self.waiting + self.running
 
     async def stream(self, prompt: str, sampling: Sampling, cancel: threading.Event,
-                     stats: Stats) -> AsyncIterator[str]:
-        """Yield raw text pieces; a consumer that stops early (or is cancelled) stops the model."""
-        if self.waiting >= self.queue_limit and self._slots.locked():
+                     stats: Stats, reserved: int = 0) -> AsyncIterator[str]:
+        """Yield raw text pieces; a consumer that stops early (or is cancelled) stops the model.
+
+        ``reserved``: this request may not take the last so many places of the queue.
+        """
+        if self.waiting >= self.queue_limit - reserved and self._slots.locked():
             raise EngineBusy(f"{self.name} queue full ({self.waiting} waiting)")
         self.waiting += 1
         try:

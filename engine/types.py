@@ -54,3 +54,4 @@ class Turn:
     request_key: str | None = None        # idempotency key from the surface (e.g. a Telegram update id)
     history: list[dict] | None = None     # explicit prior messages (stateless APIs); replaces stored memory
     system: str | None = None             # replaces the chat model's system prompt for this turn
+    low_priority: bool = False            # may not take the places of a model's queue kept for the others

@@ -1,15 +1,18 @@
 """Assemble the sidecar's aiohttp application and run it on the configured address."""
 from __future__ import annotations
 
+import json
 import logging
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from bot.http import admin, characters, health, legacy, openai_api
 from bot.http import web as web_page
 from bot.http.auth import make_auth_middleware
 from bot.http.context import CTX, HttpContext
-from bot.http.errors import error_middleware
+from bot.http.errors import error_middleware, json_error, request_lang, status_text
+from bot.http.limits import ClientLimits
 
 log = logging.getLogger(__name__)
 
@@ -17,9 +20,44 @@ log = logging.getLogger(__name__)
 ROUTE_MODULES = [health, legacy, admin, characters, openai_api, web_page]
 
 
+def _is_json(response: web.StreamResponse) -> bool:
+    return response.content_type == "application/json"
+
+
+class _JsonErrorProtocol(RequestHandler):
+    """aiohttp's own answers (a bad request line, headers too long, Expect, errors raised outside the
+    middlewares) are text/plain and may echo the request; every one goes out as the JSON error shape."""
+
+    async def finish_response(self, request, resp, start_time):
+        if isinstance(resp, web.Response) and resp.status >= 400 and not resp.prepared and not _is_json(resp):
+            lang = request_lang(request, default="en")
+            body = json_error(resp.status, status_text(resp.status, lang))
+            if str(request.rel_url.path).startswith(openai_api.PREFIX):
+                body = openai_api.openai_error(resp.status, json.loads(body.body)["message"])
+            if not resp.keep_alive:
+                body.force_close()
+            resp = body
+        return await super().finish_response(request, resp, start_time)
+
+
+class _JsonErrorServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _JsonErrorProtocol(self, loop=self._loop, **self._kwargs)
+
+
+class _Runner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # aiohttp builds its Server itself; this only changes which protocol class it makes per connection.
+        server.__class__ = _JsonErrorServer
+        return server
+
+
 def build_app(ctx: HttpContext) -> web.Application:
     http = ctx.config.http
     open_paths = tuple(p for m in ROUTE_MODULES for p in getattr(m, "OPEN_PATHS", ()))
+    if not http.web.require_key:
+        open_paths += (web_page.API_PREFIX,)
 
     @web.middleware
     async def count(request: web.Request, handler):
@@ -30,9 +68,11 @@ def build_app(ctx: HttpContext) -> web.Application:
 
     app = web.Application(
         client_max_size=http.max_body_bytes,
-        middlewares=[count, error_middleware, make_auth_middleware(ctx.secrets.api_key, http.allow_ips, open_paths)],
+        middlewares=[count, error_middleware,
+                     make_auth_middleware(ctx.secrets.api_key, http.allow_ips, open_paths)],
     )
     app[CTX] = ctx
+    app[ClientLimits.KEY] = ClientLimits(http)
     for module in ROUTE_MODULES:
         module.setup(app)
     return app
@@ -42,8 +82,12 @@ class HttpServer:
     def __init__(self, ctx: HttpContext, host: str, port: int):
         self.app = build_app(ctx)
         self.host, self.port = host, port
-        # A client that disconnects cancels its handler, which cancels its generation.
-        self.runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
+        http = ctx.config.http
+        # A client that disconnects cancels its handler, which cancels its generation. A connection that
+        # sends no complete request head within header_timeout_s is closed (slowloris).
+        self.runner = _Runner(self.app, handler_cancellation=True, access_log=None,
+                              keepalive_timeout=http.header_timeout_s,
+                              max_line_size=http.max_header_bytes, max_field_size=http.max_header_bytes)
 
     async def start(self) -> None:
         await self.runner.setup()

@@ -8,6 +8,7 @@ instead of booleans in filters.
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import logging
 import time
@@ -52,6 +53,10 @@ def _guard(fn):
             raise
 
     return wrapper
+
+
+def _b64(data: bytes | None) -> str | None:
+    return base64.b64encode(data).decode("ascii") if data is not None else None
 
 
 class Store:
@@ -108,12 +113,14 @@ class Store:
 
     # durable writes -------------------------------------------------------------------------------
 
+    async def _put(self, coll: str, doc: dict) -> None:
+        # By _id, so a retried write lands once and a finished reply replaces its own progress writes.
+        await self.db[coll].replace_one({"_id": doc["_id"]}, doc, upsert=True)
+
     async def _insert_durable(self, coll: str, doc: dict) -> None:
         """Insert now, or keep the document and retry until the database is back."""
         try:
-            await self.db[coll].insert_one(doc)
-        except DuplicateKeyError:
-            pass
+            await self._put(coll, doc)
         except (ConnectionFailure, PyMongoError) as e:
             log.warning("database write failed (%s); kept for retry", e)
             self._outbox.append((coll, doc))
@@ -132,9 +139,7 @@ class Store:
             while self._outbox:
                 coll, doc = self._outbox[0]
                 try:
-                    await self.db[coll].insert_one(doc)
-                except DuplicateKeyError:
-                    pass
+                    await self._put(coll, doc)
                 except PyMongoError:
                     break
                 self._outbox.pop(0)
@@ -206,24 +211,28 @@ class Store:
 
     @_guard
     async def add_message(self, conv_id: str, role: str, content: str, *, request_key: str | None = None,
-                          status: str = "done", meta: dict | None = None, durable: bool = False) -> str:
+                          status: str = "done", meta: dict | None = None, durable: bool = False,
+                          message_id: str | None = None) -> str:
         """Store one message; with a ``request_key`` the same request is stored once per status.
 
         ``status`` is "done" for a complete message, else why a reply ended early
         ("cancelled", "error"); a partial reply does not stand in for a later
         complete one. ``durable`` writes are kept and retried if the database is
         down (a finished reply must not be lost); others raise StoreUnavailable
-        so the user learns at once that their message was not taken.
+        so the user learns at once that their message was not taken. A ``message_id``
+        already stored (a reply's progress) is replaced.
         """
         if request_key:
             found = await self.db.messages.find_one({"conv_id": conv_id, "request_key": request_key, "role": role,
                                                      "status": status})
             if found:
                 return found["_id"]
-        doc = {"_id": new_id(), "conv_id": conv_id, "ts": time.time_ns(), "role": role, "content": content,
-               "request_key": request_key or "", "status": status, "meta": meta or {}}
+        doc = {"_id": message_id or new_id(), "conv_id": conv_id, "ts": time.time_ns(), "role": role,
+               "content": content, "request_key": request_key or "", "status": status, "meta": meta or {}}
         if durable:
             await self._insert_durable("messages", doc)
+        elif message_id:
+            await self._put("messages", doc)
         else:
             await self.db.messages.insert_one(doc)
         return doc["_id"]
@@ -258,12 +267,19 @@ class Store:
 
     @_guard
     async def save_character(self, name: str, data: dict, image: bytes | None, by: str) -> None:
-        doc = {"_id": name.casefold(), "name": name, "data": data, "image": image, "by": by, "ts": time.time()}
+        # The card PNG as base64 text: nx-27017 cannot replace a document holding binary data.
+        doc = {"_id": name.casefold(), "name": name, "data": data, "image_b64": _b64(image), "by": by,
+               "ts": time.time()}
         await self.db.characters.replace_one({"_id": doc["_id"]}, doc, upsert=True)
 
     @_guard
     async def list_characters(self) -> list[dict]:
-        return await self.db.characters.find({}).sort("_id", ASCENDING).to_list(None)
+        """Stored cards, ``image`` as bytes (documents written before base64 hold it as binary already)."""
+        docs = await self.db.characters.find({}).sort("_id", ASCENDING).to_list(None)
+        for doc in docs:
+            if doc.get("image_b64") is not None:
+                doc["image"] = base64.b64decode(doc.pop("image_b64"))
+        return docs
 
     @_guard
     async def delete_character(self, name: str) -> bool:
