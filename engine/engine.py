@@ -408,7 +408,8 @@ class Engine:
         # A low-priority turn (the HTTP surfaces) may not take the last places of the queue.
         reserved = math.ceil(model.queue.queue_limit * self.limits.reserved_queue_share) \
             if reply.turn.low_priority else 0
-        async for raw in model.queue.stream(prompt, sampling, reply.halt, reply.stats, reserved=reserved):
+        async for raw in model.queue.stream(prompt, sampling, reply.halt, reply.stats, reserved=reserved,
+                                            max_wait_s=reply.turn.max_wait_s):
             reply.status = "running"
             yield raw
 

@@ -43,16 +43,20 @@ class ModelQueue:
         return self.waiting + self.running
 
     async def stream(self, prompt: str, sampling: Sampling, cancel: threading.Event,
-                     stats: Stats, reserved: int = 0) -> AsyncIterator[str]:
+                     stats: Stats, reserved: int = 0, max_wait_s: float | None = None) -> AsyncIterator[str]:
         """Yield raw text pieces; a consumer that stops early (or is cancelled) stops the model.
 
-        ``reserved``: this request may not take the last so many places of the queue.
+        ``reserved``: this request may not take the last so many places of the queue; ``max_wait_s``: it
+        gets EngineBusy if no slot frees within so many seconds (an answer in time, not a hung client).
         """
         if self.waiting >= self.queue_limit - reserved and self._slots.locked():
             raise EngineBusy(f"{self.name} queue full ({self.waiting} waiting)")
         self.waiting += 1
         try:
-            await self._slots.acquire()
+            async with asyncio.timeout(max_wait_s):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise EngineBusy(f"{self.name}: no free slot within {max_wait_s}s") from None
         finally:
             self.waiting -= 1
         self.running += 1

@@ -67,8 +67,7 @@ def _speaker(request: web.Request, session: str | None, lang: str) -> Speaker:
 
 async def _answer(request: web.Request, turn: Turn, stream: bool):
     """Run ``turn`` within the caller's limits (key and address, whatever the session): streamed or collected."""
-    turn.low_priority = True
-    async with limits_of(request).hold(request, turn.speaker.lang):
+    async with limits_of(request).hold(request, turn):
         reply = ctx_of(request).engine.reply(turn)
         return await (stream_text(request, reply, turn.speaker.lang) if stream else collect(reply))
 

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from aiohttp import web
 
 from bot.http.errors import ApiError, http_text
+from engine.types import Turn
 
 MAX_TRACKED = 10_000      # callers remembered before those idle for a minute are forgotten
 
@@ -64,15 +65,18 @@ class ClientLimits:
     KEY = web.AppKey("client_limits", object)
 
     def __init__(self, http):
+        self.max_wait_s = http.max_queue_wait_s
         self.api = _Window(http.per_client_in_flight, http.per_client_per_minute)
         self.web = _Window(http.web.per_ip_in_flight, http.web.per_ip_per_minute)
 
     @asynccontextmanager
-    async def hold(self, request: web.Request, lang: str, web_page: bool = False):
-        """Count one reply of the caller while it runs; 429 in the caller's language when over a limit."""
+    async def hold(self, request: web.Request, turn: Turn, web_page: bool = False):
+        """Count one reply of the caller while it runs (429 in the caller's language when over a limit); the
+        turn is marked as the HTTP surfaces' (low priority in the model's queue, a bounded wait for it)."""
         window = self.web if web_page else self.api
         who = client_id(request, web_page)
-        window.enter(who, lang)
+        window.enter(who, turn.speaker.lang or "en")
+        turn.low_priority, turn.max_wait_s = True, self.max_wait_s
         try:
             yield who
         finally:

@@ -217,7 +217,6 @@ def _turn(engine: EngineAPI, http, body: ChatRequest, lang: str) -> Turn:
                       name="User", lang=lang)
     return Turn(speaker=speaker, scope="openai", text=texts[-1], mode=mode, character=character, card=card,
                 remember=False, history=history, system=(system or None) if mode == "chat" else None,
-                low_priority=True,
                 params=GenParams(max_new_tokens=max_new, temperature=body.temperature, top_p=body.top_p,
                                  stop=stop))
 
@@ -229,7 +228,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     lang = _api_lang(request)
     turn = _turn(ctx.engine, ctx.config.http, body, lang)
     try:
-        async with limits_of(request).hold(request, lang):
+        async with limits_of(request).hold(request, turn):
             reply = ctx.engine.reply(turn)
             if body.stream:
                 include_usage = bool(body.stream_options and body.stream_options.include_usage)

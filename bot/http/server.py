@@ -5,6 +5,7 @@ import json
 import logging
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from bot.http import admin, characters, health, legacy, openai_api
@@ -27,6 +28,13 @@ def _is_json(response: web.StreamResponse) -> bool:
 class _JsonErrorProtocol(RequestHandler):
     """aiohttp's own answers (a bad request line, headers too long, Expect, errors raised outside the
     middlewares) are text/plain and may echo the request; every one goes out as the JSON error shape."""
+
+    def log_exception(self, msg: str, *args, exc_info=None) -> None:
+        # A malformed request is the client's fault: one line, not a traceback per fuzzed request.
+        if isinstance(exc_info, HttpProcessingError):
+            self.logger.info("bad request from %s: %s", self.peername, " ".join(str(exc_info).split())[:200])
+            return
+        super().log_exception(msg, *args, exc_info=exc_info)
 
     async def finish_response(self, request, resp, start_time):
         if isinstance(resp, web.Response) and resp.status >= 400 and not resp.prepared and not _is_json(resp):

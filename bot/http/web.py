@@ -126,8 +126,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     body = await parse_body(request, ChatBody)
     turn = _turn(request, body, body.text)
-    turn.low_priority = True
-    async with limits_of(request).hold(request, turn.speaker.lang, web_page=True):
+    async with limits_of(request).hold(request, turn, web_page=True):
         reply = ctx.engine.reply(turn)
         # A refusal before any text is the error middleware's: a plain JSON error in the user's language.
         return await stream_reply(reply, ChunkEvents(request, reply, body.target), turn.speaker.lang)
