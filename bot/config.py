@@ -43,7 +43,7 @@ class HttpConfig(Strict):
     body_timeout_s: float = Field(15.0, gt=0, le=3600)     # to send the whole body once the headers are in, else 408
     max_header_bytes: int = Field(8190, ge=1024)
     max_queue_wait_s: float = Field(10.0, gt=0)  # longest wait for a busy model before a 503 "busy" answer
-    per_client_in_flight: int = Field(2, ge=0)   # per API key and address; 0: no limit
+    per_client_in_flight: int = Field(1, ge=0)   # per API key and address; 0: no limit
     per_client_per_minute: int = Field(60, ge=0)
     web: WebPage = WebPage()
     admin: HttpAdmin = HttpAdmin()

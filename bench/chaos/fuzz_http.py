@@ -305,9 +305,11 @@ async def run_fuzz(host: str, port: int, api_key: str, n: int, concurrency: int 
 
 
 def summarize(outcomes: list[Outcome]) -> dict:
-    five = [o for o in outcomes if o.status is not None and o.status >= 500]
+    # A 503 with a JSON body is the designed "busy, try again" answer (as in the streams row), not a failure.
+    busy = [o for o in outcomes if o.status == 503 and o.json_error]
+    five = [o for o in outcomes if o.status is not None and o.status >= 500 and o not in busy]
     non_json = [o for o in outcomes if not o.json_error]
     hangs = [o for o in outcomes if not o.closed]
-    return {"requests": len(outcomes), "5xx": len(five), "non_json_errors": len(non_json), "hangs": len(hangs),
+    return {"requests": len(outcomes), "5xx": len(five), "busy": len(busy), "non_json_errors": len(non_json), "hangs": len(hangs),
             "examples": [f"{o.status} {o.case.label} {o.case.method} {o.case.path[:60]!r} {o.body[:120]!r}"
                          for o in (five + non_json + hangs)[:12]]}

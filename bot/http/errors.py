@@ -72,8 +72,12 @@ class ApiError(Exception):
         self.status, self.message = status, message
 
 
+RETRY_AFTER_S = 5        # what a "busy" 503 or a 429 tells the client to wait
+
+
 def json_error(status: int, message: str) -> web.Response:
-    return web.json_response({"status": status, "message": message, "data": None}, status=status)
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status in (429, 503) else None
+    return web.json_response({"status": status, "message": message, "data": None}, status=status, headers=headers)
 
 
 def validation_message(e: ValidationError) -> str:
