@@ -8,7 +8,7 @@ import math
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -28,6 +28,7 @@ from engine.store.repository import Store, new_id
 from engine.types import Turn
 
 log = logging.getLogger(__name__)
+MIN_NEW_TOKENS = 16     # a prompt that leaves less room than this for the reply is refused (PromptTooLong)
 
 
 @dataclass
@@ -395,11 +396,17 @@ class Engine:
         parts = self._parts(model, reply.turn, card, history)
         budget = model.backend.n_ctx - sampling.max_new_tokens
         reply.prompt = model.backend.render(fit(parts, model.count, budget))
-        # fit drops memory and optional blocks but keeps the system text and the message: when those alone
-        # overflow, refuse rather than let the backend fail (or prefill far past its window).
+        # fit drops memory and optional blocks but keeps the system text and the message. When those
+        # leave less room than asked for, the reply gets the room left; when they leave (almost) none,
+        # refuse rather than let the backend fail or prefill past its window.
         tokens = model.backend.count_tokens(reply.prompt)
-        if tokens > budget:
-            raise PromptTooLong(f"{tokens} prompt tokens, budget {budget}", limit=budget, tokens=tokens)
+        room = model.backend.n_ctx - tokens
+        least = min(sampling.max_new_tokens, MIN_NEW_TOKENS)
+        if room < least:
+            limit = model.backend.n_ctx - least
+            raise PromptTooLong(f"{tokens} prompt tokens, at most {limit}", limit=limit, tokens=tokens)
+        if room < sampling.max_new_tokens:
+            sampling = replace(sampling, max_new_tokens=room)
         return reply.prompt, sampling
 
     async def _generate(self, reply: Reply, model: Model, prompt: str, sampling: Sampling) -> AsyncIterator[str]:
