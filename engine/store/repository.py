@@ -184,10 +184,12 @@ class Store:
         if found:
             return found[0]["_id"]
         # Not an upsert: nx-27017 ignores $setOnInsert's _id in find_one_and_update and makes an ObjectId.
-        await self.db.conversations.insert_one({**query, "_id": new_id(), "created": time.time_ns()})
-        # Two first messages at once may both insert; everyone settles on the oldest.
+        mine = new_id()
+        await self.db.conversations.insert_one({**query, "_id": mine, "created": time.time_ns()})
+        # Two first messages at once may both insert; everyone settles on the oldest. A reset at the same
+        # moment may have closed them all: then this caller keeps the one it made.
         found = await self.db.conversations.find(query).sort("created", ASCENDING).limit(1).to_list(None)
-        return found[0]["_id"]
+        return found[0]["_id"] if found else mine
 
     @_guard
     async def reset(self, owner: str, scope: str) -> int:
