@@ -279,8 +279,8 @@ class Store:
         """Stored cards, ``image`` as bytes (documents written before base64 hold it as binary already)."""
         docs = await self.db.characters.find({}).sort("_id", ASCENDING).to_list(None)
         for doc in docs:
-            if doc.get("image_b64") is not None:
-                doc["image"] = base64.b64decode(doc.pop("image_b64"))
+            b64 = doc.pop("image_b64", None)
+            doc["image"] = base64.b64decode(b64) if b64 is not None else doc.get("image")
         return docs
 
     @_guard
