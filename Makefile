@@ -12,7 +12,7 @@ LLAMA_CMAKE_ARGS ?= $(LLAMA_CMAKE_ARGS_$(LLAMA_FLAVOR))
 WHEELHOUSE ?= $(HOME)/.cache/llmbot-wheels/$(LLAMA_FLAVOR)
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench chaos clean
 setup: $(STAMP)
 
 $(WHEELHOUSE)/.llama-$(LLAMA_VERSION):
@@ -42,6 +42,9 @@ test: setup $(CHROMIUM)
 
 bench: setup
 	$(VPY) -m bench
+
+chaos: setup
+	$(VPY) -m bench.chaos
 
 clean:
 	rm -rf $(VENV)

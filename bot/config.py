@@ -18,6 +18,19 @@ from engine.settings import (Cards, CharacterEntry, Language, Limits, Memory, Mo
                              Strict)
 
 
+class WebPage(Strict):
+    """The web chat page at / and its API under /web/api/."""
+
+    enabled: bool = True
+    require_key: bool = False                 # true: /web/api/* needs the API key like the rest of the API
+    per_ip_in_flight: int = Field(1, ge=0)    # replies one address may have in progress (0: no limit)
+    per_ip_per_minute: int = Field(10, ge=0)  # chats one address may start a minute (0: no limit)
+
+
+class HttpAdmin(Strict):
+    all_databases: bool = False               # /mongo/*: every database on the server, not only the bot's
+
+
 class HttpConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -25,8 +38,17 @@ class HttpConfig(Strict):
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
     max_input_chars: int = Field(500, ge=1)  # /Llama_stream and /Lumimaid_stream, as the older server
     max_history: int = Field(20, ge=1)       # /chatweb turns kept
-    header_timeout_s: float = Field(15.0, gt=0, le=3600)   # to send the request line and headers; also keep-alive idle
-    body_timeout_s: float = Field(30.0, gt=0, le=3600)     # to send the whole body once the headers are in
+    max_system_chars: int = Field(4000, ge=1)    # instruction.command, /v1 system messages
+    max_context_chars: int = Field(8000, ge=1)   # /Lumimaid_stream context and greeting
+    max_history_chars: int = Field(16000, ge=1)  # /chatweb history and /v1 earlier messages, all together
+    header_timeout_s: float = Field(10.0, gt=0, le=3600)   # to send the request line and headers; also keep-alive idle
+    body_timeout_s: float = Field(15.0, gt=0, le=3600)     # to send the whole body once the headers are in, else 408
+    max_header_bytes: int = Field(8190, ge=1024)
+    max_queue_wait_s: float = Field(10.0, gt=0)  # longest wait for a busy model before a 503 "busy" answer
+    per_client_in_flight: int = Field(8, ge=0)   # per API key and address; 0: no limit
+    per_client_per_minute: int = Field(60, ge=0)
+    web: WebPage = WebPage()
+    admin: HttpAdmin = HttpAdmin()
     human_tag: str = "### 사용자"
     ai_tag: str = "### AI"
     stop_strings: tuple[str, ...] = ("### 사용자", "### AI", "###")

@@ -4,10 +4,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -20,7 +21,7 @@ from engine.cards.macros import apply_macros
 from engine.cleaning import StreamCleaner
 from engine.complexity import Classifier, make_classifier, max_new_tokens
 from engine.errors import (BeamSearchUnavailable, EmptyReply, EngineError, GenerationCancelled, InputTooLong,
-                           RateLimitedUser, UnknownCharacter, UserBusy)
+                           PromptTooLong, RateLimitedUser, UnknownCharacter, UserBusy)
 from engine.memory import ConversationMemory, Recall
 from engine.observe import EngineMetrics, NoMetrics
 from engine.prompts import Block, PromptParts, fit
@@ -28,10 +29,11 @@ from engine.scenes import Scenes, SceneTurn
 from engine.scheduler import ModelQueue, Stats
 from engine.settings import Memory, SceneSettings
 from engine.store.journal import Journal
-from engine.store.repository import Store
+from engine.store.repository import Store, new_id
 from engine.types import Turn
 
 log = logging.getLogger(__name__)
+MIN_NEW_TOKENS = 16     # a prompt that leaves less room than this for the reply is refused (PromptTooLong)
 
 
 @dataclass
@@ -64,6 +66,8 @@ class Reply:
     prompt: str = ""                  # the rendered prompt, for tests and debugging
     prompt_s: float = 0.0             # reading the memory, storing the message, building and fitting the prompt
     out_of_window: list[dict] = field(default_factory=list)   # stored messages the prompt left out
+    message_id: str | None = None     # the stored reply's id once its progress was written
+    saved_at: float = 0.0             # monotonic time of the last progress write
     _started: bool = False
 
     def __aiter__(self) -> AsyncIterator[str]:
@@ -363,10 +367,15 @@ class Engine:
         """What each model's batch holds now (running sequences, KV cells, prompt-cache hits)."""
         return {role: m.backend.batch_stats() for role, m in self.models.items()}
 
-    async def database_names(self) -> list[str]:
-        return await self.store.database_names()
+    async def database_names(self, all_databases: bool = False) -> list[str]:
+        """The bot's own database (once it exists), or with ``all_databases`` every one on the server."""
+        names = await self.store.database_names()
+        return names if all_databases else [n for n in names if n == self.store.db.name]
 
-    async def collection_names(self, db_name: str) -> list[str] | None:
+    async def collection_names(self, db_name: str, all_databases: bool = False) -> list[str] | None:
+        """A database's collections; None for one that does not exist or (without ``all_databases``) is not ours."""
+        if not all_databases and db_name != self.store.db.name:
+            return None
         return await self.store.collection_names(db_name)
 
     def platform_store(self, name: str) -> Journal:
@@ -487,15 +496,30 @@ class Engine:
         if cue and cue.prefill and not prompt.startswith(MESSAGES_MARK):
             prompt += cue.prefill           # a server that applies its own template gets messages instead
         reply.prompt = prompt
-        return prompt, sampling
+        # fit drops memory and optional blocks but keeps the system text and the message. When those
+        # leave less room than asked for, the reply gets the room left; when they leave (almost) none,
+        # refuse rather than let the backend fail or prefill past its window.
+        tokens = model.backend.count_tokens(reply.prompt)
+        room = model.backend.n_ctx - tokens
+        least = min(sampling.max_new_tokens, MIN_NEW_TOKENS)
+        if room < least:
+            limit = model.backend.n_ctx - least
+            raise PromptTooLong(f"{tokens} prompt tokens, at most {limit}", limit=limit, tokens=tokens)
+        if room < sampling.max_new_tokens:
+            sampling = replace(sampling, max_new_tokens=room)
+        return reply.prompt, sampling
 
     async def _generate(self, reply: Reply, model: Model, prompt: str, sampling: Sampling) -> AsyncIterator[str]:
         reply.status = "queued"
         self.metrics.queue_depth(model.role, model.queue.depth + 1)
         self.memory.yield_to(model)          # a summary being written gives its slot to this reply
         beams = self._beam_search(model, reply.turn)
+        # A low-priority turn (the HTTP surfaces) may not take the last places of the queue.
+        reserved = math.ceil(model.queue.queue_limit * self.limits.reserved_queue_share) \
+            if reply.turn.low_priority else 0
         async for raw in model.queue.stream(prompt, sampling, reply.halt, reply.stats,
-                                            beams.generate if beams else None):
+                                            beams.generate if beams else None, reserved=reserved,
+                                            max_wait_s=reply.turn.max_wait_s):
             reply.status = "running"
             yield raw
 
@@ -504,6 +528,7 @@ class Engine:
             out = cleaner.feed(piece)
             if out:
                 reply.text += out
+                await self._save_progress(reply)
                 yield out
             if cleaner.stopped and not reply.halt.is_set():
                 # Let the model see it within one token and drain, so its slot is free when we return.
@@ -515,11 +540,30 @@ class Engine:
             reply.text += tail
             yield tail
 
+    async def _save_progress(self, reply: Reply) -> None:
+        """Every ``limits.progress_interval_s`` the text so far is stored as ``status: "partial"``, so a reply
+        whose process is killed is kept and marked (never taken for a complete one); the end replaces it."""
+        interval = self.limits.progress_interval_s
+        now = time.monotonic()
+        if not (reply.turn.remember and reply.conversation_id and interval) or now - reply.saved_at < interval:
+            return
+        if reply.saved_at == 0.0:
+            reply.saved_at = now        # the first piece starts the clock: short replies are written once
+            return
+        reply.saved_at = now
+        reply.message_id = reply.message_id or new_id()
+        try:
+            await self.store.add_message(reply.conversation_id, "assistant", reply.text,
+                                         request_key=reply.turn.request_key, status="partial",
+                                         meta={"model": reply.model}, message_id=reply.message_id)
+        except EngineError as e:        # the final write is durable; a missed progress write is not fatal
+            log.warning("progress of a reply not stored: %s", e.detail)
+
     async def _store(self, reply: Reply, model: Model) -> None:
         # Partial replies (stopped, timed out) are kept too, marked with their status.
         await self.store.add_message(
             reply.conversation_id, "assistant", reply.text, request_key=reply.turn.request_key,
-            status=reply.status, meta={"model": model.role}, durable=True)
+            status=reply.status, meta={"model": model.role}, durable=True, message_id=reply.message_id)
 
     def _fold_later(self, reply: Reply, model: Model, card) -> None:
         """Fold what this prompt left out into the summary, in the background, once there is enough of it."""

@@ -54,6 +54,11 @@ class InputTooLong(EngineError, code="input_too_long"):
     """The user's message is longer than ``limits.max_input_chars``; ``info['limit']`` says how long."""
 
 
+class PromptTooLong(EngineError, code="prompt_too_long"):
+    """Instructions (system text, character) and message do not fit the model's context even with no
+    memory; ``info['limit']`` is the token budget, ``info['tokens']`` what they took."""
+
+
 class EmptyReply(EngineError, code="empty_reply"):
     """The model produced no text (e.g. it stopped at once)."""
 

@@ -48,17 +48,23 @@ class ModelQueue:
         return self.waiting == 0 and not self._slots.locked()
 
     async def stream(self, prompt: str, sampling: Sampling, cancel: threading.Event, stats: Stats,
-                     generate: Callable[..., Finish] | None = None) -> AsyncIterator[str]:
+                     generate: Callable[..., Finish] | None = None, reserved: int = 0,
+                     max_wait_s: float | None = None) -> AsyncIterator[str]:
         """Yield raw text pieces; a consumer that stops early (or is cancelled) stops the model.
 
-        ``generate`` replaces the backend's own (e.g. beam search) while taking the same slot.
+        ``generate`` replaces the backend's own (e.g. beam search) while taking the same slot;
+        ``reserved``: this request may not take the last so many places of the queue; ``max_wait_s``: it
+        gets EngineBusy if no slot frees within so many seconds (an answer in time, not a hung client).
         """
         generate = generate or self.backend.generate
-        if self.waiting >= self.queue_limit and self._slots.locked():
+        if self.waiting >= self.queue_limit - reserved and self._slots.locked():
             raise EngineBusy(f"{self.name} queue full ({self.waiting} waiting)")
         self.waiting += 1
         try:
-            await self._slots.acquire()
+            async with asyncio.timeout(max_wait_s):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise EngineBusy(f"{self.name}: no free slot within {max_wait_s}s") from None
         finally:
             self.waiting -= 1
         self.running += 1

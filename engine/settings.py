@@ -196,6 +196,8 @@ class Limits(Strict):
     busy_policy: Literal["queue", "refuse"] = "refuse"
     requests_per_minute: int = Field(20, ge=0)    # 0: unlimited
     history_messages: int = Field(200, ge=0)      # most messages read back for the memory window
+    progress_interval_s: float = Field(3.0, ge=0)   # a remembered reply's text so far is stored this often; 0: off
+    reserved_queue_share: float = Field(0.25, ge=0.0, le=1.0)  # of each model's queue, kept from low-priority turns
 
 
 class Language(Strict):

@@ -73,3 +73,5 @@ class Turn:
     history: list[dict] | None = None     # explicit prior messages (stateless APIs); replaces stored memory
     system: str | None = None             # replaces the chat model's system prompt for this turn
     cue: Cue | None = None                # a scene turn's additions to the roleplay prompt
+    low_priority: bool = False            # may not take the places of a model's queue kept for the others
+    max_wait_s: float | None = None       # longest wait for the model before a "busy" answer (None: no limit)

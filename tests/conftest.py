@@ -34,9 +34,11 @@ def merge(base: dict, override: dict) -> dict:
 
 
 def make_config(override: dict | None = None) -> AppConfig:
-    """bot.yaml with test-friendly overrides (no per-minute limit, short replies)."""
+    """bot.yaml with test-friendly overrides (no per-minute or per-client limit, short replies)."""
     base = yaml.safe_load((ROOT / "bot.yaml").read_text(encoding="utf-8"))
     test = {"limits": {"requests_per_minute": 0},
+            "http": {"per_client_in_flight": 0, "per_client_per_minute": 0, "max_queue_wait_s": 600,
+                     "web": {"per_ip_in_flight": 0, "per_ip_per_minute": 0}},
             "models": {"chat": {"max_new_tokens": {"policy": "fixed", "fixed": 24}, "seed": 7},
                        "roleplay": {"max_new_tokens": {"policy": "fixed", "fixed": 24}, "seed": 7}}}
     return AppConfig.model_validate(merge(merge(base, test), override or {}))

@@ -35,6 +35,10 @@ def llamacpp_model(**over) -> dict:
 
 
 def config(chat: dict | None = None, roleplay: dict | None = None, **sections) -> AppConfig:
+    # Per-client limits and the queue wait off unless a test sets them (tests/test_http_hardening.py checks them).
+    http = {"per_client_in_flight": 0, "per_client_per_minute": 0, "max_queue_wait_s": 600, **sections.pop("http", {})}
+    http["web"] = {"per_ip_in_flight": 0, "per_ip_per_minute": 0, **http.get("web", {})}
+    sections["http"] = http
     # Different settings make two model instances: one llama.cpp object must not serve two queues.
     return AppConfig.model_validate({
         "language": {"default": "en"},

@@ -88,7 +88,7 @@ async def test_lumimaid_bad_url_and_invalid_json(http_api):
         r = await s.post(http_api + "/Llama_stream", data=b"x" * (2 * 1024 * 1024))
         assert r.status == 413 and (await r.json())["status"] == 413
         r = await s.get(http_api + "/nope")
-        assert r.status == 404 and (await r.json())["message"] == "not found"
+        assert r.status == 404 and (await r.json())["message"] in section("http")["not_found"].values()
         r = await s.get(http_api + "/Llama_stream")
         assert r.status == 405 and (await r.json())["status"] == 405
 

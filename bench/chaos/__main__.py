@@ -25,7 +25,8 @@ async def http_rows(size: dict, data_dir: Path) -> list[dict]:
         fuzz = summarize(await run_fuzz("127.0.0.1", bot.port, bot.api_key, size["fuzz"]))
         health = await bot.health_status()
         rows.append({"fault": f"{fuzz['requests']:,} fuzzed HTTP requests, every route",
-                     "5xx": fuzz["5xx"], "non_json": fuzz["non_json_errors"], "hangs": fuzz["hangs"],
+                     "5xx": fuzz["5xx"], "busy": fuzz["busy"], "non_json": fuzz["non_json_errors"],
+                     "hangs": fuzz["hangs"],
                      "health_after": health, "seconds": round(time.monotonic() - t0), "examples": fuzz["examples"]})
         t0 = time.monotonic()
         cards = await run_cards("127.0.0.1", bot.port, bot.api_key, size["cards"])

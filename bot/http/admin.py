@@ -7,9 +7,15 @@ from bot.http.context import ctx_of
 from bot.http.errors import ApiError
 from bot.http.legacy import SESSION_SCOPES, session_speaker
 
+MAX_MESSAGES = 1000        # most messages one /conversations answer lists
+
+
+def _all_databases(request: web.Request) -> bool:
+    return ctx_of(request).config.http.admin.all_databases
+
 
 async def mongo_databases(request: web.Request) -> web.Response:
-    names = await ctx_of(request).engine.database_names()
+    names = await ctx_of(request).engine.database_names(_all_databases(request))
     return web.json_response({"Database": names})
 
 
@@ -17,10 +23,16 @@ async def mongo_collections(request: web.Request) -> web.Response:
     db_name = request.query.get("db_name", "")
     if not db_name:
         raise ApiError(422, "db_name: query parameter required")
-    names = await ctx_of(request).engine.collection_names(db_name)
+    names = await ctx_of(request).engine.collection_names(db_name, _all_databases(request))
     if names is None:
         raise ApiError(404, f"no database named {db_name!r}")
     return web.json_response({"Collections": names})
+
+
+def _limit(raw: str) -> int:
+    if not (raw.isascii() and raw.isdigit() and 1 <= len(raw) <= 4 and 1 <= int(raw) <= MAX_MESSAGES):
+        raise ApiError(422, f"limit: a whole number from 1 to {MAX_MESSAGES}")
+    return int(raw)
 
 
 async def conversation_id_of(request: web.Request) -> str:
@@ -32,7 +44,7 @@ async def conversation_id_of(request: web.Request) -> str:
     owner = session_speaker(session, lang="").id
     convs = [c for c in await engine.conversations_of(owner) if c["scope"] == SESSION_SCOPES[kind]]
     if not convs:
-        raise ApiError(404, f"no conversation for session {session!r}")
+        raise ApiError(404, f"no conversation for session {session[:100]!r}")
     return convs[0]["_id"]
 
 
@@ -40,7 +52,7 @@ async def conversation(request: web.Request) -> web.Response:
     """The remembered messages of an HTTP session, with its summary and pinned facts."""
     engine = ctx_of(request).engine
     conv_id = await conversation_id_of(request)
-    messages = await engine.history(conv_id, limit=int(request.query.get("limit", "100")))
+    messages = await engine.history(conv_id, limit=_limit(request.query.get("limit", "100")))
     return web.json_response({"conversation_id": conv_id, "messages": [
         {"id": m["_id"], "role": m["role"], "content": m["content"], "ts": m["ts"]} for m in messages],
         **await engine.memory_of(conv_id)})

@@ -44,7 +44,8 @@ def make_auth_middleware(api_key: str | None, allow_ips: tuple[str, ...], extra_
         presented = _presented_key(request)
         if presented is None:
             return json_error(401, "missing API key (X-API-Key header)")
-        if not hmac.compare_digest(presented.encode(), api_key.encode()):
+        # aiohttp keeps undecodable header bytes as surrogates: such a key is simply a wrong one.
+        if not hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), api_key.encode()):
             return json_error(401, "wrong API key")
         return await handler(request)
 

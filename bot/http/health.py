@@ -4,10 +4,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from bot.http.context import ctx_of
+from bot.http.metrics import public_model_info
 
 
 async def health(request: web.Request) -> web.Response:
     report = await ctx_of(request).engine.health()
+    report["models"] = {role: public_model_info(info) for role, info in report["models"].items()}
     ok = report["store"]["ok"]
     report["status"] = "ok" if ok else "degraded"
     return web.json_response(report, status=200 if ok else 503)

@@ -7,7 +7,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, StrictBool, StrictStr
 
 from bot.http.context import ctx_of
-from bot.http.errors import ApiError, parse_body, request_lang
+from bot.http.errors import ApiError, check_length, parse_body, request_lang
+from bot.http.limits import limits_of
 from bot.http.replies import collect, stream_text
 from engine.cards import Card
 from engine.types import GenParams, Speaker, Turn
@@ -72,12 +73,6 @@ class ChatBody(InferBody):
     history: History = History()
 
 
-def _check_len(ctx, text: str, field: str = "input_data") -> None:
-    limit = ctx.config.http.max_input_chars
-    if len(text) > limit:
-        raise ApiError(422, f"{field}: at most {limit} characters (got {len(text)})")
-
-
 def session_speaker(session: str | None, lang: str, remote: str | None = None) -> Speaker:
     """The owner of an HTTP ``session``'s conversations (also used by the terminal chat's --session)."""
     return Speaker(id=f"http:{session}" if session else f"http:{remote}", name="User", lang=lang)
@@ -87,23 +82,33 @@ def _speaker(request: web.Request, session: str | None, lang: str) -> Speaker:
     return session_speaker(session, lang, request.remote)
 
 
+async def _answer(request: web.Request, turn: Turn, stream: bool):
+    """Run ``turn`` within the caller's limits (key and address, whatever the session): streamed or collected."""
+    async with limits_of(request).hold(request, turn):
+        reply = ctx_of(request).engine.reply(turn)
+        return await (stream_text(request, reply, turn.speaker.lang) if stream else collect(reply))
+
+
 async def llama_stream(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     body = await parse_body(request, LlamaBody)
     body.refuse_beams()
-    _check_len(ctx, body.input_data)
     lang = request_lang(request)
+    check_length(body.input_data, ctx.config.http.max_input_chars, "input_data", lang)
     turn = Turn(speaker=_speaker(request, body.session, lang), scope=SESSION_SCOPES["llama"], text=body.input_data,
                 mode="chat", remember=body.session is not None)
-    return await stream_text(request, ctx.engine.reply(turn), lang)
+    return await _answer(request, turn, stream=True)
 
 
 async def lumimaid_stream(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     body = await parse_body(request, LumimaidBody)
     body.refuse_beams()
-    _check_len(ctx, body.input_data)
     lang = request_lang(request)
+    http = ctx.config.http
+    check_length(body.input_data, http.max_input_chars, "input_data", lang)
+    check_length(body.context, http.max_context_chars, "context", lang)
+    check_length(body.greeting, http.max_context_chars, "greeting", lang)
     registered = ctx.engine.characters().get(body.character_name)
     if registered is not None and not (body.context or body.greeting):
         turn_card, character = None, registered.name
@@ -113,7 +118,7 @@ async def lumimaid_stream(request: web.Request) -> web.StreamResponse:
     turn = Turn(speaker=_speaker(request, body.session, lang), scope=SESSION_SCOPES["lumimaid"],
                 text=body.input_data,
                 mode="roleplay", character=character, card=turn_card, remember=body.session is not None)
-    return await stream_text(request, ctx.engine.reply(turn), lang)
+    return await _answer(request, turn, stream=True)
 
 
 def _stop(ctx) -> tuple[str, ...]:
@@ -124,15 +129,22 @@ def _item(tag: str, text: str) -> dict:
     return {"type": tag, "str": text}
 
 
+def _check_instruction(ctx, request: web.Request, body: InferBody) -> str:
+    """The caller's language, once ``input`` and ``instruction.command`` are within their limits."""
+    lang = request_lang(request)
+    check_length(body.input, ctx.config.http.max_input_chars, "input", lang)
+    check_length(body.instruction.command, ctx.config.http.max_system_chars, "instruction.command", lang)
+    return lang
+
+
 async def inferweb(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     body = await parse_body(request, InferBody)
-    _check_len(ctx, body.input, "input")
-    lang = request_lang(request)
+    lang = _check_instruction(ctx, request, body)
     turn = Turn(speaker=_speaker(request, None, lang), scope="http:inferweb", text=body.input, mode="chat",
                 remember=False, system=body.instruction.command or None,
                 params=GenParams(stop=_stop(ctx), whole_reply=True))
-    result = await collect(ctx.engine.reply(turn))
+    result = await _answer(request, turn, stream=False)
     http = ctx.config.http
     return web.json_response({"result": result, "history": {
         "history": [_item(http.human_tag, body.input), _item(http.ai_tag, result)]}})
@@ -141,18 +153,18 @@ async def inferweb(request: web.Request) -> web.Response:
 async def chatweb(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     body = await parse_body(request, ChatBody)
-    _check_len(ctx, body.input, "input")
+    lang = _check_instruction(ctx, request, body)
     http = ctx.config.http
+    check_length("".join(i.str for i in body.history.history), http.max_history_chars, "history.history", lang)
     roles = {http.human_tag: "user", http.ai_tag: "assistant"}
     for i, item in enumerate(body.history.history):
         if item.type not in roles:
             raise ApiError(422, f"history.history.{i}.type: must be {http.human_tag!r} or {http.ai_tag!r}")
     past = [{"role": roles[i.type], "content": i.str} for i in body.history.history]
-    lang = request_lang(request)
     turn = Turn(speaker=_speaker(request, None, lang), scope="http:chatweb", text=body.input, mode="chat",
                 remember=False, history=past, system=body.instruction.command or None,
                 params=GenParams(stop=_stop(ctx), whole_reply=True))
-    result = await collect(ctx.engine.reply(turn))
+    result = await _answer(request, turn, stream=False)
     items = [i.model_dump() for i in body.history.history] + [_item(http.human_tag, body.input),
                                                               _item(http.ai_tag, result)]
     items = items[-2 * http.max_history:]          # a turn is a question and its answer

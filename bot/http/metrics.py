@@ -1,8 +1,23 @@
 """Prometheus metrics: HTTP requests and errors, and the engine's tokens, speed, queue and first-token time."""
 from __future__ import annotations
 
+from pathlib import PurePath
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+
+# What a backend reports that names a place on this machine (or a private service): not for key-less readers.
+_PRIVATE_KEYS = ("adapter_path", "base_url", "tokenizer")
+
+
+def public_model_info(info: dict) -> dict:
+    """A backend's report with model names instead of file paths, for /health and /metrics."""
+    out = {k: v for k, v in info.items() if k not in _PRIVATE_KEYS}
+    for key in ("model", "adapter"):
+        if isinstance(out.get(key), str):
+            out[key] = PurePath(out[key].replace("\\", "/")).name
+    return out
 
 
 class Metrics:
@@ -49,6 +64,7 @@ class Metrics:
 
     def describe_models(self, infos: dict[str, dict]) -> None:
         for role, info in infos.items():
+            info = public_model_info(info)
             self.info.labels(role, info.get("backend", ""), str(info.get("model", "")),
                              str(info.get("adapter") or "")).set(1)
 

@@ -11,7 +11,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from bot.http.context import CHARACTER_PREFIX, ctx_of
-from bot.http.errors import ApiError, parse_body, request_lang, status_of
+from bot.http.errors import ApiError, check_length, parse_body, request_lang, status_of
+from bot.http.limits import limits_of
 from bot.http.replies import collect, stream_reply
 from bot.http.openai_scenes import SCENE_PREFIX, SceneCompletion, scene_characters, scene_turn
 from bot.http.sink import ChunkEvents, finish_reason, usage_of
@@ -177,13 +178,22 @@ async def get_model(request: web.Request) -> web.Response:
 
 # chat completions -----------------------------------------------------------------------------------
 
-def _turn(engine: EngineAPI, body: ChatRequest, lang: str) -> Turn:
+def _check_sizes(http, system: str, history: list[dict], lang: str) -> None:
+    try:
+        check_length(system, http.max_system_chars, "messages (system)", lang)
+        check_length("".join(m["content"] for m in history), http.max_history_chars, "messages (earlier)", lang)
+    except ApiError as e:
+        raise OpenAIError(400, e.message, param="messages") from None
+
+
+def _turn(engine: EngineAPI, http, body: ChatRequest, lang: str) -> Turn:
     texts = [m.text(i) for i, m in enumerate(body.messages)]
     if body.messages[-1].role != "user":
         raise OpenAIError(400, "messages: the last message must be the user's", param="messages")
     system = "\n\n".join(t for m, t in zip(body.messages, texts) if m.role in ("system", "developer") and t.strip())
     history = [{"role": m.role, "content": t} for m, t in zip(body.messages[:-1], texts[:-1])
                if m.role in ("user", "assistant")]
+    _check_sizes(http, system, history, lang)
     if body.model == "chat":
         mode, character, card, role = "chat", None, None, "chat"
     elif body.model == "roleplay":
@@ -218,16 +228,21 @@ def _turn(engine: EngineAPI, body: ChatRequest, lang: str) -> Turn:
 
 @openai_errors
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    engine = ctx_of(request).engine
+    ctx = ctx_of(request)
     body = await _parse(request)
     lang = _api_lang(request)
     if body.model.startswith(SCENE_PREFIX):
-        return await _scene(request, engine, body, lang)
-    reply = engine.reply(_turn(engine, body, lang))
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await stream_reply(reply, ChunkEvents(request, reply, body.model, include_usage), lang)
-    await collect(reply)
+        return await _scene(request, ctx.engine, body, lang)
+    turn = _turn(ctx.engine, ctx.config.http, body, lang)
+    try:
+        async with limits_of(request).hold(request, turn):
+            reply = ctx.engine.reply(turn)
+            if body.stream:
+                include_usage = bool(body.stream_options and body.stream_options.include_usage)
+                return await stream_reply(reply, ChunkEvents(request, reply, body.model, include_usage), lang)
+            await collect(reply)
+    except ApiError as e:
+        raise OpenAIError(e.status, e.message, code="rate_limit_exceeded" if e.status == 429 else None) from None
     return web.json_response({
         "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
         "model": body.model, "system_fingerprint": None,

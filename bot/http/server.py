@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
 
 from bot.http import admin, characters, health, legacy, memory, openai_api, web_scenes
 from bot.http import web as web_page
 from bot.http.auth import make_auth_middleware
 from bot.http.context import CTX, HttpContext
-from bot.http.errors import error_middleware, json_error
+from bot.http.errors import error_middleware, json_error, request_lang, status_text
+from bot.http.limits import ClientLimits
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +54,51 @@ def body_deadline(timeout_s: float):
     return deadline
 
 
+def _is_json(response: web.StreamResponse) -> bool:
+    return response.content_type == "application/json"
+
+
+class _JsonErrorProtocol(RequestHandler):
+    """aiohttp's own answers (a bad request line, headers too long, Expect, errors raised outside the
+    middlewares) are text/plain and may echo the request; every one goes out as the JSON error shape."""
+
+    def log_exception(self, msg: str, *args, exc_info=None) -> None:
+        # A malformed request is the client's fault: one line, not a traceback per fuzzed request.
+        if isinstance(exc_info, HttpProcessingError):
+            self.logger.info("bad request from %s: %s", self.peername, " ".join(str(exc_info).split())[:200])
+            return
+        super().log_exception(msg, *args, exc_info=exc_info)
+
+    async def finish_response(self, request, resp, start_time):
+        if isinstance(resp, web.Response) and resp.status >= 400 and not resp.prepared and not _is_json(resp):
+            lang = request_lang(request, default="en")
+            body = json_error(resp.status, status_text(resp.status, lang))
+            if str(request.rel_url.path).startswith(openai_api.PREFIX):
+                body = openai_api.openai_error(resp.status, json.loads(body.body)["message"])
+            if not resp.keep_alive:
+                body.force_close()
+            resp = body
+        return await super().finish_response(request, resp, start_time)
+
+
+class _JsonErrorServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _JsonErrorProtocol(self, loop=self._loop, **self._kwargs)
+
+
+class _Runner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # aiohttp builds its Server itself; this only changes which protocol class it makes per connection.
+        server.__class__ = _JsonErrorServer
+        return server
+
+
 def build_app(ctx: HttpContext) -> web.Application:
     http = ctx.config.http
     open_paths = tuple(p for m in ROUTE_MODULES for p in getattr(m, "OPEN_PATHS", ()))
+    if not http.web.require_key:
+        open_paths += (web_page.API_PREFIX,)
 
     in_flight: set[asyncio.Task] = set()
 
@@ -75,6 +121,7 @@ def build_app(ctx: HttpContext) -> web.Application:
     )
     app[CTX] = ctx
     app[IN_FLIGHT] = in_flight
+    app[ClientLimits.KEY] = ClientLimits(http)
     for module in ROUTE_MODULES:
         module.setup(app)
     return app
@@ -86,13 +133,14 @@ class HttpServer:
         self.app = build_app(ctx)
         self.host, self.port = host, port
         self.shutdown_timeout_s = shutdown_timeout_s
-        # A client that disconnects cancels its handler, which cancels its generation.
-        # aiohttp closes a connection idle for keepalive_timeout, including one that never completes its
-        # request line and headers: that is the header read timeout. Its own shutdown wait is only a
-        # backstop: it waits once more after cancelling and its cancel does not reach a streaming handler.
-        self.runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None,
-                                    shutdown_timeout=shutdown_timeout_s + 5,
-                                    keepalive_timeout=ctx.config.http.header_timeout_s)
+        http = ctx.config.http
+        # A client that disconnects cancels its handler, which cancels its generation. aiohttp closes a
+        # connection that sends no complete request head within keepalive_timeout (slowloris). Its own
+        # shutdown wait is only a backstop: it waits once more after cancelling and its cancel does not
+        # reach a streaming handler.
+        self.runner = _Runner(self.app, handler_cancellation=True, access_log=None,
+                              shutdown_timeout=shutdown_timeout_s + 5, keepalive_timeout=http.header_timeout_s,
+                              max_line_size=http.max_header_bytes, max_field_size=http.max_header_bytes)
 
     async def start(self) -> None:
         await self.runner.setup()

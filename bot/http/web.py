@@ -9,17 +9,21 @@ from typing import Annotated
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from bot.http.context import CHARACTER_PREFIX, ctx_of
-from bot.http.errors import ApiError, parse_body, request_lang
+from bot.http.context import CHARACTER_PREFIX, CTX, ctx_of
+from bot.http.errors import ApiError, parse_body, request_lang, status_text
+from bot.http.limits import limits_of
 from bot.http.replies import stream_reply
 from bot.http.sink import ChunkEvents
 from engine.api import EngineAPI
 from engine.types import Speaker, Turn
 
 WEB_DIR = Path(__file__).resolve().parents[1] / "web"
-# The page must work without the API key, so it and its own API are open; they reach only the
-# caller's own browser session (an unguessable id kept in the browser's localStorage).
-OPEN_PATHS = ("/", "/web/", "/favicon.ico")
+# The page must work without the API key, so it is open, and so is its own API unless http.web.require_key;
+# the API reaches only the caller's own browser session (an unguessable id kept in the browser's
+# localStorage), and its chats are limited per address (bot/http/limits.py), whatever the session.
+OPEN_PATHS = ("/", "/web/static/", "/favicon.ico")
+API_PREFIX = "/web/api/"
+STATIC_PREFIX = "/web/static/"
 USER_NAME = "User"
 HISTORY_LIMIT = 200
 
@@ -84,6 +88,15 @@ async def page(request: web.Request) -> web.FileResponse:
     return web.FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
 
+async def static(request: web.Request) -> web.FileResponse:
+    """A file of the page's folder; anything else (a missing file, a way out of the folder) is a JSON 404."""
+    name = request.match_info["name"]
+    path = (WEB_DIR / name).resolve() if name and len(name) <= 200 and "\x00" not in name else None
+    if path is None or not path.is_relative_to(WEB_DIR) or not path.is_file():
+        raise ApiError(404, status_text(404, request_lang(request)))
+    return web.FileResponse(path)
+
+
 async def favicon(request: web.Request) -> web.Response:
     return web.Response(status=204)      # browsers ask for it; the page has none
 
@@ -122,9 +135,10 @@ async def chat(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     body = await parse_body(request, ChatBody)
     turn = _turn(request, body, body.text)
-    reply = ctx.engine.reply(turn)
-    # A refusal before any text is the error middleware's: a plain JSON error in the user's language.
-    return await stream_reply(reply, ChunkEvents(request, reply, body.target), turn.speaker.lang)
+    async with limits_of(request).hold(request, turn, web_page=True):
+        reply = ctx.engine.reply(turn)
+        # A refusal before any text is the error middleware's: a plain JSON error in the user's language.
+        return await stream_reply(reply, ChunkEvents(request, reply, body.target), turn.speaker.lang)
 
 
 async def stop(request: web.Request) -> web.Response:
@@ -171,9 +185,11 @@ async def memory_forget(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
+    if not app[CTX].config.http.web.enabled:
+        return                      # every path of the page is then an unknown route: a JSON 404
     app.router.add_get("/", page)
     app.router.add_get("/favicon.ico", favicon)
-    app.router.add_static("/web/static/", WEB_DIR, append_version=False)
+    app.router.add_get(STATIC_PREFIX + "{name:.*}", static)
     app.router.add_get("/web/api/characters", characters)
     app.router.add_get("/web/api/characters/{name}/image", character_image)
     app.router.add_get("/web/api/history", history)

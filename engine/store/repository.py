@@ -8,6 +8,7 @@ instead of booleans in filters.
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import hashlib
 import logging
@@ -65,6 +66,10 @@ def _guard(fn):
             raise
 
     return wrapper
+
+
+def _b64(data: bytes | None) -> str | None:
+    return base64.b64encode(data).decode("ascii") if data is not None else None
 
 
 class Store:
@@ -131,12 +136,14 @@ class Store:
 
     # durable writes -------------------------------------------------------------------------------
 
+    async def _put(self, coll: str, doc: dict) -> None:
+        # By _id, so a retried write lands once and a finished reply replaces its own progress writes.
+        await self.db[coll].replace_one({"_id": doc["_id"]}, doc, upsert=True)
+
     async def _insert_durable(self, coll: str, doc: dict) -> None:
         """Insert now, or keep the document and retry until the database is back."""
         try:
-            await self.db[coll].insert_one(doc)
-        except DuplicateKeyError:
-            pass
+            await self._put(coll, doc)
         except (ConnectionFailure, PyMongoError) as e:
             log.warning("database write failed (%s); kept for retry", type(e).__name__)
             self._outbox.add(coll, doc)
@@ -164,9 +171,7 @@ class Store:
             while self._outbox.items:
                 coll, doc = self._outbox.items[0]
                 try:
-                    await self.db[coll].insert_one(doc)
-                except DuplicateKeyError:
-                    pass
+                    await self._put(coll, doc)
                 except PyMongoError:
                     break
                 self._outbox.items.pop(0)
@@ -215,10 +220,12 @@ class Store:
         if found:
             return found[0]["_id"]
         # Not an upsert: nx-27017 ignores $setOnInsert's _id in find_one_and_update and makes an ObjectId.
-        await self.db.conversations.insert_one({**query, "_id": new_id(), "created": time.time_ns()})
-        # Two first messages at once may both insert; everyone settles on the oldest.
+        mine = new_id()
+        await self.db.conversations.insert_one({**query, "_id": mine, "created": time.time_ns()})
+        # Two first messages at once may both insert; everyone settles on the oldest. A reset at the same
+        # moment may have closed them all: then this caller keeps the one it made.
         found = await self.db.conversations.find(query).sort("created", ASCENDING).limit(1).to_list(None)
-        return found[0]["_id"]
+        return found[0]["_id"] if found else mine
 
     @_guard
     async def reset(self, owner: str, scope: str) -> int:
@@ -243,7 +250,7 @@ class Store:
     @_guard
     async def add_message(self, conv_id: str, role: str, content: str, *, request_key: str | None = None,
                           status: str = "done", meta: dict | None = None, durable: bool = False,
-                          speaker: str = "") -> str:
+                          speaker: str = "", message_id: str | None = None) -> str:
         """Store one message; with a ``request_key`` the same request is stored once per status.
 
         ``speaker`` names who said it where several may (a scene's people and characters).
@@ -251,9 +258,10 @@ class Store:
         ("cancelled", "error"); a partial reply does not stand in for a later
         complete one. ``durable`` writes are kept and retried if the database is
         down (a finished reply must not be lost); others raise StoreUnavailable
-        so the user learns at once that their message was not taken.
+        so the user learns at once that their message was not taken. A ``message_id``
+        already stored (a reply's progress) is replaced.
         """
-        if request_key:
+        if request_key and not message_id:      # a reply's own progress document is replaced, not looked up
             try:
                 found = await self.db.messages.find_one({"conv_id": conv_id, "request_key": request_key,
                                                          "role": role, "status": status})
@@ -263,11 +271,13 @@ class Store:
                 found = None                  # the keyed id below keeps a later replay from doubling it
             if found:
                 return found["_id"]
-        msg_id = keyed_id(conv_id, request_key, role, status) if request_key else new_id()
+        msg_id = message_id or (keyed_id(conv_id, request_key, role, status) if request_key else new_id())
         doc = {"_id": msg_id, "conv_id": conv_id, "ts": time.time_ns(), "role": role, "content": content,
                "request_key": request_key or "", "status": status, "meta": meta or {}, "speaker": speaker}
         if durable:
             await self._insert_durable("messages", doc)
+        elif message_id:
+            await self._put("messages", doc)
         else:
             await self.db.messages.insert_one(doc)
         return doc["_id"]
@@ -352,12 +362,19 @@ class Store:
 
     @_guard
     async def save_character(self, name: str, data: dict, image: bytes | None, by: str) -> None:
-        doc = {"_id": name.casefold(), "name": name, "data": data, "image": image, "by": by, "ts": time.time()}
+        # The card PNG as base64 text: nx-27017 cannot replace a document holding binary data.
+        doc = {"_id": name.casefold(), "name": name, "data": data, "image_b64": _b64(image), "by": by,
+               "ts": time.time()}
         await self.db.characters.replace_one({"_id": doc["_id"]}, doc, upsert=True)
 
     @_guard
     async def list_characters(self) -> list[dict]:
-        return await self.db.characters.find({}).sort("_id", ASCENDING).to_list(None)
+        """Stored cards, ``image`` as bytes (documents written before base64 hold it as binary already)."""
+        docs = await self.db.characters.find({}).sort("_id", ASCENDING).to_list(None)
+        for doc in docs:
+            b64 = doc.pop("image_b64", None)
+            doc["image"] = base64.b64decode(b64) if b64 is not None else doc.get("image")
+        return docs
 
     @_guard
     async def delete_character(self, name: str) -> bool:
