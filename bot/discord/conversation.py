@@ -12,10 +12,10 @@ import discord
 from bot.discord.config import DiscordConfig
 from bot.discord.personas import Persona, Personas
 from bot.discord.texts import TEXTS
-from bot.discord.transports import (ChannelPacer, CharacterEmbed, ChannelTransport, Counters, InteractionTransport,
-                                    Plain, WebhookTransport)
+from bot.discord.transports import (ChannelPacer, CharacterEmbed, ChannelTransport, Counters, DirectTransport,
+                                    InteractionTransport, Plain, WebhookTransport)
 from bot.i18n import describe, pick_lang, text
-from bot.streaming import EditSink, deliver
+from bot.streaming import EditSink, Undeliverable, deliver
 from engine.api import EngineAPI
 from engine.errors import EngineError, StoreUnavailable
 from engine.types import Speaker, Turn
@@ -59,8 +59,8 @@ def link_key(message_id: int) -> str:
 class _Sink(EditSink):
     """EditSink that answers errors meant for the user alone privately when it can."""
 
-    def __init__(self, transport, private=None):
-        super().__init__(transport)
+    def __init__(self, transport, fallbacks=(), private=None):
+        super().__init__(transport, fallbacks=fallbacks)
         self.private = private          # async fn(message) -> bool: sent privately instead
         self.error: Exception | None = None
 
@@ -125,19 +125,24 @@ class Conversations:
     # --- replies -------------------------------------------------------------------------------------
 
     async def _look_and_hook(self, channel: Any, character: str | None, may_hook: bool):
-        """Plain text for the chat model; a webhook for a character, else an embed carrying it."""
+        """Plain text for the chat model; for a character, an embed carrying it and, where allowed, a webhook."""
         if character is None:
             return Plain(), None
         persona = self.persona(character)
         hook = await self.personas.webhook_for(channel) if may_hook else None
-        if hook is None:
-            return CharacterEmbed(persona.name, persona.image), None
-        return Plain(), hook
+        return CharacterEmbed(persona.name, persona.image), hook
 
     def _webhook_transport(self, place: Place, channel: Any, hook, persona: Persona, link) -> WebhookTransport:
         thread = channel if isinstance(channel, discord.Thread) else None
+        home = channel.parent_id if thread is not None else channel.id
         return WebhookTransport(place.channel_id, self.pacer, self.counters, Plain(), link, webhook=hook,
-                                thread=thread, wear=lambda: self.personas.wear(hook, persona))
+                                thread=thread, wear=lambda: self.personas.wear(hook, persona),
+                                on_closed=lambda: self.personas.forget(home))
+
+    def _direct(self, place: Place, user: Any, look: Any, link) -> list:
+        """The user's DMs as the last way, unless the conversation is already there."""
+        return [] if place.dm else [DirectTransport(place.channel_id, self.pacer, self.counters, look, link,
+                                                    user=user)]
 
     async def reply_to_interaction(self, interaction: discord.Interaction, message: str, *,
                                    character: str | None, lang: str) -> str:
@@ -154,15 +159,17 @@ class Conversations:
         # off must not kill it early, so the age taken off is at most a minute.
         age = min(max(time.time() - interaction.created_at.timestamp(), 0.0), 60.0)
         deadline = time.monotonic() + self.cfg.interaction_token_ttl_s - age
+        paths = [InteractionTransport(place.channel_id, self.pacer, self.counters, look, link,
+                                      interaction=interaction, deadline=deadline,
+                                      continued_note=text(TEXTS, "continued", lang)),
+                 ChannelTransport(place.channel_id, self.pacer, self.counters, look, link,
+                                  channel=interaction.channel),
+                 *self._direct(place, interaction.user, look, link)]
         if hook is not None:
-            transport = self._webhook_transport(place, interaction.channel, hook, self.persona(character), link)
+            paths.insert(0, self._webhook_transport(place, interaction.channel, hook, self.persona(character), link))
             # The command's own response quotes what the user said; the character answers below it.
             quoted = "> " + "\n> ".join(message[:1900].splitlines() or [""])
             await interaction.edit_original_response(content=quoted)
-        else:
-            transport = InteractionTransport(place.channel_id, self.pacer, self.counters, look, link,
-                                             interaction=interaction, deadline=deadline,
-                                             continued_note=text(TEXTS, "continued", lang))
 
         async def private(msg: str) -> bool:
             try:
@@ -173,7 +180,7 @@ class Conversations:
                 log.info("could not answer privately: %s", e)
                 return False
 
-        return await self._run(reply, _Sink(transport, private if hook is None else None), lang)
+        return await self._run(reply, _Sink(paths[0], paths[1:], private if hook is None else None), lang)
 
     async def reply_to_message(self, message: discord.Message, content: str, *, lang: str,
                                conversation_id: str | None = None, mode: str = "chat",
@@ -188,13 +195,13 @@ class Conversations:
         link = self._linker(reply)
         may_hook = not place.dm and self._can_manage_webhooks(channel)
         look, hook = await self._look_and_hook(channel, character, may_hook)
+        paths = [ChannelTransport(place.channel_id, self.pacer, self.counters, look, link,
+                                  channel=channel, reply_to=message),
+                 *self._direct(place, message.author, look, link)]
         if hook is not None:
-            transport = self._webhook_transport(place, channel, hook, self.persona(character), link)
-        else:
-            transport = ChannelTransport(place.channel_id, self.pacer, self.counters, look, link,
-                                         channel=channel, reply_to=message)
+            paths.insert(0, self._webhook_transport(place, channel, hook, self.persona(character), link))
         pieces = self._typing_until_first(reply, channel) if self.cfg.typing else reply
-        return await self._run(reply, _Sink(transport), lang, pieces)
+        return await self._run(reply, _Sink(paths[0], paths[1:]), lang, pieces)
 
     @staticmethod
     def _can_manage_webhooks(channel: Any) -> bool:
@@ -225,6 +232,9 @@ class Conversations:
         try:
             return await deliver(reply if pieces is None else pieces, sink, interval=self.cfg.edit_interval_s,
                                  describe_error=describe_error)
+        except Undeliverable:           # every way was refused (logged by the sink); the reply stays stored
+            reply.cancel("undeliverable")
+            return reply.text
         finally:
             self.replies_done += 1
 

@@ -13,9 +13,9 @@ from typing import Awaitable, Callable
 
 from telegram import Bot, ReplyParameters
 from telegram.constants import ChatAction, MessageLimit
-from telegram.error import BadRequest, EndPointNotFound, InvalidToken, RetryAfter, TelegramError
+from telegram.error import BadRequest, EndPointNotFound, Forbidden, InvalidToken, RetryAfter, TelegramError
 
-from bot.streaming import EditSink, RateLimited, retrying, split_text
+from bot.streaming import EditSink, MessageGone, PathClosed, RateLimited, retrying, split_text
 from bot.telegram.journal import Entry
 from bot.telegram.pacing import Pacer
 
@@ -37,7 +37,9 @@ class ChatTransport:
     """One chat's message primitives for EditSink, paced, with Telegram's errors made uniform.
 
     429 becomes ``RateLimited`` (EditSink waits and repeats the call); "message
-    is not modified" counts as done. Each new message id is reported to
+    is not modified" counts as done; "message to edit not found" (deleted)
+    becomes ``MessageGone`` (the page continues in a new message); 403 (the bot
+    was blocked or removed) becomes ``PathClosed``. Each new message id is reported to
     ``on_sent`` so a resumed reply edits it instead of sending another.
     """
 
@@ -58,6 +60,8 @@ class ChatTransport:
             seconds = retry_seconds(e)
             self.pacer.delay(self.chat_id, seconds)
             raise RateLimited(seconds) from None
+        except Forbidden as e:
+            raise PathClosed(f"403 {e}") from e
 
     async def send(self, text: str) -> int:
         reply = ReplyParameters(self.reply_to, allow_sending_without_reply=True) if self.reply_to else None
@@ -71,7 +75,10 @@ class ChatTransport:
         try:
             await self.call(lambda: self.bot.edit_message_text(text, chat_id=self.chat_id, message_id=handle))
         except BadRequest as e:
-            if "not modified" not in str(e).lower():
+            said = str(e).lower()
+            if "to edit not found" in said:
+                raise MessageGone(str(e)) from e
+            if "not modified" not in said:
                 raise
 
     async def delete(self, handle: int) -> None:
@@ -139,7 +146,7 @@ class EditingSink(EditSink):
         self.typing.stop()
         await super().finish(text)
         # A resumed reply may be shorter than the partial one it replaced.
-        needed = len(self._pages(text))
+        needed = len(self._pages(text[self.base:]))
         for handle in self.handles[needed:]:
             await self.transport.delete(handle)
         del self.handles[needed:], self.shown[needed:]
