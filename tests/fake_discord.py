@@ -425,6 +425,11 @@ class FakeDiscord:
             return self._edit_webhook(method, int(r.group(1)), body)
         if r := m(r"/channels/(\d+)/webhooks", path):
             return self._channel_webhooks(method, int(r.group(1)), body)
+        if method == "GET" and (r := m(r"/channels/(\d+)", path)):
+            cid = int(r.group(1))
+            if cid in self.dm_channels:
+                return jresp({"id": str(cid), "type": 1, "recipients": [self.user(cid - 1)]})
+            return jresp(self.channel(cid))
         if r := m(r"/channels/(\d+)/typing", path):
             self.typing.append(int(r.group(1)))
             return web.Response(status=204)

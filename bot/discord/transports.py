@@ -177,7 +177,7 @@ class _Base:
     pacer: ChannelPacer
     counters: Counters
     look: Any = field(default_factory=Plain)
-    on_message: Callable[[int], Awaitable[None]] | None = None     # e.g. link the message to the conversation
+    on_message: Callable[["Handle"], Awaitable[None]] | None = None   # link it to the conversation, journal it
 
     @property
     def limit(self) -> int:
@@ -187,7 +187,7 @@ class _Base:
         self.counters.sends += 1
         self.look.learn(handle.message)
         if self.on_message is not None and getattr(handle.message, "id", None):
-            await self.on_message(handle.message.id)
+            await self.on_message(handle)
         return handle
 
 

@@ -12,7 +12,7 @@ from telegram.ext import Application, ContextTypes, TypeHandler
 from bot.streaming import PathClosed, RateLimited, Undeliverable
 from bot.telegram.config import TelegramConfig
 from bot.telegram.handlers import Handlers
-from bot.telegram.journal import Entry, Journal
+from bot.journal import Entry, Journal
 from bot.telegram.pacing import telegram_pacer
 from bot.telegram.texts import COMMANDS
 from engine.api import EngineAPI
@@ -66,7 +66,7 @@ class TelegramSurface:
         if not await self._connect():
             return
         bot = self.app.bot
-        self.journal = Journal(self.engine, bot.id, self.cfg.max_attempts)
+        self.journal = Journal(self.engine, f"telegram:{bot.id}", self.cfg.max_attempts)
         self.handlers = Handlers(self.engine, self.cfg, self.default_lang, bot, self.pacer)
         await self._set_commands()
         await self.app.start()

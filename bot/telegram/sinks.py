@@ -13,15 +13,17 @@ from typing import Awaitable, Callable
 
 from telegram import Bot, ReplyParameters
 from telegram.constants import ChatAction, MessageLimit
-from telegram.error import BadRequest, EndPointNotFound, Forbidden, InvalidToken, RetryAfter, TelegramError
+from telegram.error import (BadRequest, EndPointNotFound, Forbidden, InvalidToken, NetworkError, RetryAfter,
+                            TelegramError)
 
 from bot.streaming import EditSink, MessageGone, PathClosed, RateLimited, retrying, split_text
-from bot.telegram.journal import Entry
+from bot.journal import Entry
 from bot.telegram.pacing import Pacer
 
 log = logging.getLogger(__name__)
 
 LIMIT = MessageLimit.MAX_TEXT_LENGTH          # 4096
+EDIT_RETRY_S = 1.0                            # wait before repeating an edit the server failed (5xx)
 
 
 def retry_seconds(e: RetryAfter) -> float:
@@ -80,6 +82,11 @@ class ChatTransport:
                 raise MessageGone(str(e)) from e
             if "not modified" not in said:
                 raise
+        except NetworkError as e:
+            # A 5xx or a dropped connection: an edit is safe to repeat, so it is retried in place
+            # (a send is not: it may have arrived, and is left to the update's own retry and resume).
+            log.info("edit in %s failed (%s); trying again", self.chat_id, e)
+            raise RateLimited(EDIT_RETRY_S) from e
 
     async def delete(self, handle: int) -> None:
         try:
