@@ -142,7 +142,7 @@ class EditSink:
                     handle = await retrying(lambda b=body: self.transport.send(b))
                     self.handles.append(handle)
                     self.shown.append(body)
-            except PathClosed as e:
+            except (PathClosed, MessageGone) as e:     # MessageGone here: what a send answers to is gone
                 self._next_path(e, sum(len(p) for p in pages[:i]))
                 return
         self._complete = True
@@ -170,7 +170,7 @@ class EditSink:
                 try:
                     await retrying(lambda: self.transport.send(message))
                     return
-                except PathClosed as e:
+                except (PathClosed, MessageGone) as e:
                     self._next_path(e, 0)
         else:
             await self._show_message(message)

@@ -65,6 +65,7 @@ class DiscordSurface:
         self.synced: list = []
         self._task: asyncio.Task | None = None
         self._resuming: asyncio.Task | None = None
+        self._pending: list = []
 
     def _trace(self) -> aiohttp.TraceConfig:
         """Counts 429s on the wire: discord.py waits them out itself and never tells the caller."""
@@ -97,6 +98,11 @@ class DiscordSurface:
         self.messages = Messages(client, self.engine, self.conversations, access, self.cfg.allow_dms)
         self.commands = Commands(client, self.engine, self.conversations, access, self.cfg.allow_dms,
                                  self.card_limits, self.seen)
+        try:
+            # Read before the gateway connects, so events of this run are never taken for unfinished ones.
+            self._pending = await journal.pending()
+        except Exception as e:  # noqa: BLE001 - the store may be down; new messages still get answers
+            log.error("unfinished Discord replies not resumed: %s", e)
         tree = self.commands.tree
         await tree.set_translator(Translator())
         if not self.cfg.sync_commands:
@@ -121,13 +127,10 @@ class DiscordSurface:
 
     async def _resume(self) -> None:
         """Complete, once, the replies an earlier run was cut off in (oldest first), when the gateway is ready."""
+        pending = self._pending
+        self._pending = []
         await self.client.wait_until_ready()
         journal = self.conversations.journal
-        try:
-            pending = await journal.pending()
-        except Exception as e:  # noqa: BLE001 - the store may be down; new messages still get answers
-            log.error("unfinished Discord replies not resumed: %s", e)
-            return
         if pending:
             log.info("resuming %d unfinished Discord repl%s", len(pending), "y" if len(pending) == 1 else "ies")
         for entry, payload in pending:

@@ -222,11 +222,12 @@ class Conversations:
                 await interaction.delete_original_response()
                 await interaction.followup.send(msg, ephemeral=True)
                 return True
-            except (discord.HTTPException, AttributeError) as e:     # a resumed interaction has no private way
+            except discord.HTTPException as e:
                 log.info("could not answer privately: %s", e)
                 return False
 
-        sink = self._sink(paths, entry, private if hook is None else None)
+        live = not isinstance(interaction, ResumedInteraction)      # a resumed one has no private way
+        sink = self._sink(paths, entry, private if hook is None and live else None)
         return await self._run(reply, sink, lang, entry)
 
     async def reply_to_message(self, message: discord.Message, content: str, *, lang: str,
