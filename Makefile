@@ -12,7 +12,7 @@ LLAMA_CMAKE_ARGS ?= $(LLAMA_CMAKE_ARGS_$(LLAMA_FLAVOR))
 WHEELHOUSE ?= $(HOME)/.cache/llmbot-wheels/$(LLAMA_FLAVOR)
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench chaos clean
 setup: $(STAMP)
 
 $(WHEELHOUSE)/.llama-$(LLAMA_VERSION):
@@ -42,6 +42,10 @@ test: setup $(CHROMIUM)
 
 bench: setup
 	$(VPY) -m bench
+
+# Faults and fuzz against a real `python -m bot` (one table; exits 1 on any lost/twice/5xx). `CHAOS_ARGS=--short`.
+chaos: setup
+	$(VPY) -m bench.chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV)
