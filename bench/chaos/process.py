@@ -71,7 +71,9 @@ async def telegram_row(base: Path, group: bool) -> dict:
     override = {"telegram": {"base_url": fake.base_url, "base_file_url": fake.base_file_url,
                              "draft_interval_s": 0.1, "edit_interval_s": 0.3, "poll_timeout_s": 1,
                              "max_backoff_s": 1}}
-    sends = lambda: fake.calls_of("sendMessage", chat)   # noqa: E731 - a view, read many times
+
+    def sends() -> list:
+        return fake.calls_of("sendMessage", chat)
 
     async def cut_off() -> bool:
         fake.send_text(chat, "/help")
@@ -92,7 +94,7 @@ async def telegram_row(base: Path, group: bool) -> dict:
         row = await killed_and_restarted(base / f"tg-{'group' if group else 'dm'}",
                                          {"TELEGRAM_TOKEN": fake.token}, override, cut_off, finished)
         texts = fake.sent_texts(chat)                      # help, the reply (one message), help
-        replies = [t for t in texts[1:-1]] if len(texts) >= 3 else texts[1:]
+        replies = texts[1:-1] if len(texts) >= 3 else texts[1:]
         row.update(lost=int(not row.get("completed") or not replies or replies[-1].endswith(INDICATOR)),
                    twice=max(0, len(replies) - 1))
     finally:
