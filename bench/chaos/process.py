@@ -164,22 +164,24 @@ async def database_row(base: Path, turns: int = 4) -> dict:
     session = "chaos-db"
     bot = BotProcess(data_dir)
     await bot.start()
-    sent, killed = 0, False
+    sent, refused, killed = 0, 0, False
     headers = {"X-API-Key": bot.api_key}
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=180)) as s:
             for i in range(turns):
-                if i == turns // 2 and not killed:
-                    for p in db_processes(data_dir):
-                        p.kill()
-                        killed = True
                 try:
                     async with s.post(f"{bot.url}/Llama_stream", headers=headers,
                                       json={"input_data": f"Message number {i}.", "session": session}) as r:
+                        if i == turns // 2:          # mid-stream: the reply is being written when the store dies
+                            await r.content.readany()
+                            for p in db_processes(data_dir):
+                                p.kill()
+                                killed = True
                         await r.read()
                         sent += r.status == 200
+                        refused += r.status != 200
                 except aiohttp.ClientError:
-                    pass
+                    refused += 1
         bot.stop()
         bot.orphans()
         again = BotProcess(data_dir)
@@ -197,7 +199,9 @@ async def database_row(base: Path, turns: int = 4) -> dict:
     users = [m for m in stored if m.get("role") == "user"]
     replies = [m for m in stored if m.get("role") == "assistant"]
     return {"fault": "database child killed mid-conversation", "lost": max(0, 2 * sent - len(users) - len(replies)),
-            "answered": sent, "orphans": orphans, "note": "" if killed else "no database child found to kill"}
+            "answered": sent, "orphans": orphans,
+            "note": (f"{refused} refused while the store was down; " if refused else "")
+            + ("" if killed else "no database child found to kill")}
 
 
 async def process_rows(base: Path, short: bool) -> list[dict]:
