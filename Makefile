@@ -43,8 +43,9 @@ test: setup $(CHROMIUM)
 bench: setup
 	$(VPY) -m bench
 
+# Faults and fuzz against a real `python -m bot` (one table; exits 1 on any lost/twice/5xx). `CHAOS_ARGS=--short`.
 chaos: setup
-	$(VPY) -m bench.chaos
+	$(VPY) -m bench.chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV)

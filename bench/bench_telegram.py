@@ -104,7 +104,7 @@ async def _flood(paced: bool) -> tuple[int, int]:
 
     from bot.streaming import deliver
     from bot.telegram.config import TelegramConfig
-    from bot.telegram.journal import Entry
+    from bot.journal import Entry
     from bot.telegram.pacing import Pacer, telegram_pacer
     from bot.telegram.sinks import ChatTransport, EditingSink, Typing
     from tests.fake_telegram import FakeTelegram

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, AsyncIterator, Callable, Protocol
+from typing import Any, AsyncIterator, Callable, Protocol, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -15,6 +15,18 @@ class RateLimited(Exception):
     def __init__(self, retry_after: float):
         super().__init__(f"rate limited for {retry_after:.2f}s")
         self.retry_after = max(0.0, float(retry_after))
+
+
+class MessageGone(Exception):
+    """The message being edited no longer exists (deleted by someone): the page continues in a new message."""
+
+
+class PathClosed(Exception):
+    """This way of sending is refused (403, blocked, a server error after its retries): try the next-best one."""
+
+
+class Undeliverable(Exception):
+    """Every way of sending a reply was refused; the text stays stored by the engine."""
 
 
 class ReplySink(Protocol):
@@ -79,47 +91,96 @@ class EditSink:
     The last page shows ``indicator`` while writing; the final edit removes it.
     Edits that would change nothing are never sent. What is shown at the end,
     joined, equals the final text exactly.
+
+    When a platform refuses (``PathClosed``), the text not yet fully shown
+    continues on the next of ``fallbacks`` (e.g. webhook → embed → channel →
+    DM); a page whose message was deleted (``MessageGone``) is sent again as a
+    new message. Each failure is logged once; when every path is refused the
+    sink raises ``Undeliverable``.
     """
 
-    def __init__(self, transport: Transport, indicator: str = " ▌", placeholder: str = "…"):
+    def __init__(self, transport: Transport, indicator: str = " ▌", placeholder: str = "…",
+                 fallbacks: Sequence[Transport] = ()):
         self.transport = transport
+        self.fallbacks = list(fallbacks)
         self.indicator = indicator
         self.placeholder = placeholder
         self.handles: list[Any] = []
         self.shown: list[str] = []
+        self.base = 0                   # characters shown, complete, through paths given up on
+        self._complete = False
 
     async def open(self) -> None:
         """Surfaces that must acknowledge at once (Discord's 3 s) override this."""
 
-    async def _show(self, pages: list[str], final: bool) -> None:
+    def _next_path(self, why: Exception, done_chars: int) -> None:
+        if not self.fallbacks:
+            log.warning("reply not delivered: %s refused it (%s); no other way left", type(self.transport).__name__,
+                        why)
+            raise Undeliverable(str(why)) from why
+        nxt = self.fallbacks.pop(0)
+        log.warning("%s refused the reply (%s); continuing through %s", type(self.transport).__name__, why,
+                    type(nxt).__name__)
+        self.transport, self.base = nxt, self.base + done_chars
+        self.handles, self.shown = [], []
+
+    async def _show_once(self, pages: list[str], final: bool) -> None:
         for i, page in enumerate(pages):
             last = i == len(pages) - 1
             body = page if (final or not last) else page + self.indicator
             body = body if body.strip() else self.placeholder
-            if i < len(self.handles):
-                if self.shown[i] != body:
-                    await retrying(lambda h=self.handles[i], b=body: self.transport.edit(h, b))
-                    self.shown[i] = body
-            else:
-                handle = await retrying(lambda b=body: self.transport.send(b))
-                self.handles.append(handle)
-                self.shown.append(body)
+            try:
+                if i < len(self.handles):
+                    if self.shown[i] != body:
+                        try:
+                            await retrying(lambda h=self.handles[i], b=body: self.transport.edit(h, b))
+                        except MessageGone as e:
+                            log.warning("a message of the reply was deleted (%s); the page continues in a new one", e)
+                            self.handles[i] = await retrying(lambda b=body: self.transport.send(b))
+                        self.shown[i] = body
+                else:
+                    handle = await retrying(lambda b=body: self.transport.send(b))
+                    self.handles.append(handle)
+                    self.shown.append(body)
+            except (PathClosed, MessageGone) as e:     # MessageGone here: what a send answers to is gone
+                self._next_path(e, sum(len(p) for p in pages[:i]))
+                return
+        self._complete = True
+
+    async def _show(self, text: str, final: bool) -> None:
+        for _ in range(len(self.fallbacks) + 1):
+            self._complete = False
+            await self._show_once(self._pages(text[self.base:]), final)
+            if self._complete:
+                return
 
     def _pages(self, text: str) -> list[str]:
         # The same cut while streaming and at the end, so a page never moves between messages.
         return split_text(text, self.transport.limit - len(self.indicator))
 
     async def update(self, text: str) -> None:
-        await self._show(self._pages(text), final=False)
+        await self._show(text, final=False)
 
     async def finish(self, text: str) -> None:
-        await self._show(self._pages(text), final=True)
+        await self._show(text, final=True)
 
     async def fail(self, message: str) -> None:
         if self.handles:
-            await retrying(lambda: self.transport.send(message))
+            for _ in range(len(self.fallbacks) + 1):
+                try:
+                    await retrying(lambda: self.transport.send(message))
+                    return
+                except (PathClosed, MessageGone) as e:
+                    self._next_path(e, 0)
         else:
-            await self._show([message], final=True)
+            await self._show_message(message)
+
+    async def _show_message(self, message: str) -> None:
+        base, self.base = self.base, 0
+        try:
+            await self._show(message, final=True)
+        finally:
+            self.base = base
 
 
 async def deliver(

@@ -36,6 +36,10 @@ def jresp(obj: Any, status: int = 200, headers: dict | None = None) -> web.Respo
     return web.Response(body=json.dumps(obj).encode(), status=status, headers=h)
 
 
+def unknown_message() -> web.Response:
+    return jresp({"message": "Unknown Message", "code": 10008}, 404)
+
+
 @dataclass
 class Inject:
     method: str
@@ -43,6 +47,7 @@ class Inject:
     times: int
     retry_after: float
     status: int = 429
+    code: int = 0
 
 
 @dataclass
@@ -91,6 +96,7 @@ class FakeDiscord:
         self.noop_edits = 0
         self.typing: list[int] = []
         self.injects: list[Inject] = []
+        self.forbidden_channels: set[int] = set()    # channels where the bot may not post (403 Missing Access)
         self._windows: dict[int, tuple[float, int]] = {}
         self._changed = asyncio.Event()
         self.runner: web.AppRunner | None = None
@@ -301,8 +307,15 @@ class FakeDiscord:
         return {"id": str(fid), "filename": name, "size": len(data), "url": f"{self.base}/files/{fid}/{name}",
                 "proxy_url": f"{self.base}/files/{fid}/{name}", "content_type": "application/octet-stream"}
 
-    def inject(self, method: str, pattern: str, times: int = 1, retry_after: float = 0.3, status: int = 429) -> None:
-        self.injects.append(Inject(method, re.compile(pattern), times, retry_after, status))
+    def inject(self, method: str, pattern: str, times: int = 1, retry_after: float = 0.3, status: int = 429,
+               code: int = 0) -> None:
+        """The next ``times`` requests matching answer ``status`` (429 with ``retry_after``; else with ``code``)."""
+        self.injects.append(Inject(method, re.compile(pattern), times, retry_after, status, code))
+
+    def delete(self, mid: int) -> None:
+        """Someone deletes a message (a moderator, the user): later edits of it get 404 Unknown Message."""
+        self.messages.pop(mid, None)
+        self._touch()
 
     # --- what tests read --------------------------------------------------------------------------
 
@@ -374,7 +387,7 @@ class FakeDiscord:
                 inj.times -= 1
                 if inj.status == 429:
                     return self._too_many(inj.retry_after)
-                return jresp({"message": "injected", "code": 0}, inj.status)
+                return jresp({"message": "injected", "code": inj.code}, inj.status)
         try:
             resp = await self._route(method, path, body, files, request)
         finally:
@@ -413,11 +426,20 @@ class FakeDiscord:
             return self._edit_webhook(method, int(r.group(1)), body)
         if r := m(r"/channels/(\d+)/webhooks", path):
             return self._channel_webhooks(method, int(r.group(1)), body)
+        if method == "GET" and (r := m(r"/channels/(\d+)", path)):
+            cid = int(r.group(1))
+            if cid in self.dm_channels:
+                return jresp({"id": str(cid), "type": 1, "recipients": [self.user(cid - 1)]})
+            return jresp(self.channel(cid))
         if r := m(r"/channels/(\d+)/typing", path):
             self.typing.append(int(r.group(1)))
             return web.Response(status=204)
         if r := m(r"/channels/(\d+)/messages(?:/(\d+))?", path):
             cid, mid = int(r.group(1)), r.group(2)
+            if method in ("POST", "PATCH") and cid in self.forbidden_channels:
+                return jresp({"message": "Missing Access", "code": 50001}, 403)
+            if method == "PATCH" and int(mid) not in self.messages:
+                return unknown_message()
             if method == "POST":
                 ok, h = self._limit(cid)
                 if not ok:
@@ -537,7 +559,7 @@ class FakeDiscord:
             inter.followups.append(int(msg["id"]))
             return jresp(msg, headers=h)
         if target is None or target not in self.messages:
-            return jresp({"message": "Unknown Message", "code": 10008}, 404)
+            return unknown_message()
         if method == "GET":
             return jresp(self.messages[target])
         if method == "DELETE":
@@ -603,5 +625,7 @@ class FakeDiscord:
             msg = self._create(cid, body, files, author=author, webhook_id=str(wid))
             return jresp(msg, headers=h)
         if method == "PATCH":
+            if int(mid) not in self.messages:
+                return unknown_message()
             return jresp(self._edit(int(mid), body, files), headers=h)
         return jresp(self.messages[int(mid)])

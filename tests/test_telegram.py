@@ -16,7 +16,7 @@ from bot.streaming import deliver
 from bot.telegram.adapter import TelegramSurface
 from bot.telegram.characters import CAPTION_LIMIT, trim
 from bot.telegram.config import TelegramConfig
-from bot.telegram.journal import Entry
+from bot.journal import Entry
 from bot.telegram.pacing import Pacer
 from bot.telegram.sinks import ChatTransport, DraftSink, EditingSink, Typing
 from bot.telegram.texts import TEXTS

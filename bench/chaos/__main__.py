@@ -12,6 +12,7 @@ from bench.chaos.botproc import BotProcess
 from bench.chaos.cards_fuzz import run_cards
 from bench.chaos.fuzz_http import run_fuzz, summarize
 from bench.chaos.load import run_streams
+from bench.chaos.process import process_rows
 
 SIZES = {"full": {"fuzz": 10_000, "cards": 10_000, "streams": 50},
          "short": {"fuzz": 600, "cards": 400, "streams": 12}}
@@ -46,7 +47,7 @@ async def http_rows(size: dict, data_dir: Path) -> list[dict]:
 
 def print_table(rows: list[dict]) -> None:
     cols = ["fault", "lost", "twice", "orphans", "5xx", "non_json", "hangs", "crashes", "answered", "busy",
-            "health_after", "health_p95_ms", "rss_growth_mb", "seconds"]
+            "health_after", "health_p95_ms", "rss_growth_mb", "seconds", "note"]
     used = [c for c in cols if any(c in r for r in rows)]
     widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in used}
     print("  ".join(c.ljust(widths[c]) for c in used))
@@ -74,13 +75,18 @@ def main() -> int:
     p.add_argument("--short", action="store_true", help="the short form `make test` runs")
     p.add_argument("--json", type=Path, help="also write the rows here")
     p.add_argument("--data-dir", type=Path, default=None, help="where the bots keep their data (default: a temp dir)")
+    p.add_argument("--only", choices=["process", "http"], help="run only the process-fault or the HTTP rows")
     args = p.parse_args()
     import tempfile
 
     size = SIZES["short" if args.short else "full"]
     with tempfile.TemporaryDirectory(prefix="llmbot-chaos-") as tmp:
         base = args.data_dir or Path(tmp)
-        rows = asyncio.run(http_rows(size, base / "http"))
+        rows = []
+        if args.only != "http":
+            rows += asyncio.run(process_rows(base / "process", args.short))
+        if args.only != "process":
+            rows += asyncio.run(http_rows(size, base / "http"))
     print_table(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2, ensure_ascii=False), encoding="utf-8")

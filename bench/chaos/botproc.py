@@ -24,11 +24,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_config(path: Path, override: dict | None = None) -> Path:
-    """bot.yaml as shipped, with short replies so thousands of requests finish in minutes."""
+def write_config(path: Path, override: dict | None = None, tokens: int = 16) -> Path:
+    """bot.yaml as shipped, with short replies (``tokens``) so thousands of requests finish in minutes."""
     cfg = yaml.safe_load((ROOT / "bot.yaml").read_text(encoding="utf-8"))
     for role in ("chat", "roleplay"):
-        cfg["models"][role]["max_new_tokens"] = {"policy": "fixed", "fixed": 16}
+        cfg["models"][role]["max_new_tokens"] = {"policy": "fixed", "fixed": tokens}
     cfg["cards"]["directory"] = str(ROOT / "cards")
     for key, value in (override or {}).items():
         cfg[key] = value
@@ -49,7 +49,7 @@ def db_processes(data_dir: Path) -> list[psutil.Process]:
 class BotProcess:
     """One bot process on a fresh port; ``async with`` starts it, waits for /health and stops it after."""
 
-    def __init__(self, data_dir: Path, env: dict | None = None, override: dict | None = None):
+    def __init__(self, data_dir: Path, env: dict | None = None, override: dict | None = None, tokens: int = 16):
         self.data_dir = data_dir
         self.port = free_port()
         self.api_key = API_KEY
@@ -58,12 +58,13 @@ class BotProcess:
             if var not in (env or {}):
                 self.env.pop(var, None)
         self.override = override
+        self.tokens = tokens
         self.proc: subprocess.Popen | None = None
         self.url = f"http://127.0.0.1:{self.port}"
 
     async def start(self, timeout: float = 240) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        config = write_config(self.data_dir.parent / f"{self.data_dir.name}.bot.yaml", self.override)
+        config = write_config(self.data_dir.parent / f"{self.data_dir.name}.bot.yaml", self.override, self.tokens)
         log = open(self.data_dir.parent / f"{self.data_dir.name}.log", "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "bot", "--config", str(config), "--data-dir",
                                       str(self.data_dir), "--http-port", str(self.port)],

@@ -16,6 +16,7 @@ from bot.discord.messages import Messages, Seen
 from bot.discord.personas import Personas
 from bot.discord.transports import Counters
 from bot.discord.translator import Translator
+from bot.journal import Journal
 from engine.api import EngineAPI
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ class DiscordSurface:
         self.messages: Messages | None = None
         self.synced: list = []
         self._task: asyncio.Task | None = None
+        self._resuming: asyncio.Task | None = None
+        self._pending: list = []
 
     async def on_message(self, message: discord.Message) -> None:
         """A channel with a scene is answered by its characters; elsewhere mentions, DMs and reply chains."""
@@ -97,10 +100,17 @@ class DiscordSurface:
         """Runs inside login: build the handlers and sync the slash commands."""
         access = Access(self.cfg.permissions)
         personas = Personas(hook_name=client.user.name if client.user else "llmbot")
-        self.conversations = Conversations(self.engine, self.cfg, self.default_lang, personas, self.counters)
+        journal = Journal(self.engine, f"discord:{client.application_id}", self.cfg.max_attempts)
+        self.conversations = Conversations(self.engine, self.cfg, self.default_lang, personas, self.counters,
+                                           client=client, journal=journal)
         self.messages = Messages(client, self.engine, self.conversations, access, self.cfg.allow_dms)
         self.commands = Commands(client, self.engine, self.conversations, access, self.cfg.allow_dms,
                                  self.card_limits, self.seen)
+        try:
+            # Read before the gateway connects, so events of this run are never taken for unfinished ones.
+            self._pending = await journal.pending()
+        except Exception as e:  # noqa: BLE001 - the store may be down; new messages still get answers
+            log.error("unfinished Discord replies not resumed: %s", e)
         tree = self.commands.tree
         await tree.set_translator(Translator())
         if not self.cfg.sync_commands:
@@ -121,6 +131,22 @@ class DiscordSurface:
         await self.client.login(self.token)
         self._task = asyncio.create_task(self.client.connect(reconnect=True), name="discord-gateway")
         self._task.add_done_callback(self._gateway_ended)
+        self._resuming = asyncio.create_task(self._resume(), name="discord-resume")
+
+    async def _resume(self) -> None:
+        """Complete, once, the replies an earlier run was cut off in (oldest first), when the gateway is ready."""
+        pending = self._pending
+        self._pending = []
+        await self.client.wait_until_ready()
+        journal = self.conversations.journal
+        if pending:
+            log.info("resuming %d unfinished Discord repl%s", len(pending), "y" if len(pending) == 1 else "ies")
+        for entry, payload in pending:
+            try:
+                await self.conversations.resume(entry, payload)
+            except Exception:  # noqa: BLE001 - one broken record must not stop the others
+                log.exception("resuming %s failed", entry.key)
+                await journal.done(entry, "error")
 
     def _gateway_ended(self, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -130,6 +156,9 @@ class DiscordSurface:
         await asyncio.wait_for(self.client.wait_until_ready(), timeout)
 
     async def stop(self) -> None:
+        if self._resuming is not None and not self._resuming.done():
+            self._resuming.cancel()
+            await asyncio.gather(self._resuming, return_exceptions=True)
         if self.client is not None:
             await self.client.close()
         if self._task is not None:

@@ -38,3 +38,5 @@ class DiscordConfig(Strict):
     channel_edits: int = Field(5, ge=1)
     channel_edit_window_s: float = Field(5.0, gt=0)
     typing: bool = True                         # show "typing…" while a mention's reply is queued
+    # A reply cut off by a crash is completed at the next start; one that keeps failing is dropped after this.
+    max_attempts: int = Field(3, ge=1)

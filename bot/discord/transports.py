@@ -11,7 +11,7 @@ from typing import Any, AsyncContextManager, Awaitable, Callable
 
 import discord
 
-from bot.streaming import RateLimited
+from bot.streaming import MessageGone, PathClosed, RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +68,27 @@ def retry_after_of(e: discord.HTTPException) -> float:
         return 1.0
 
 
+UNKNOWN_MESSAGE = 10008
+
+
 async def platform_call(fn: Callable[[], Awaitable[Any]]) -> Any:
-    """A discord.py call whose 429 (after discord.py's own retries) becomes RateLimited for EditSink to retry."""
+    """A discord.py call with its failures in EditSink's terms.
+
+    429 (after discord.py's own retries) → RateLimited, repeated as-is; a deleted
+    message (404 Unknown Message) → MessageGone, sent again; any other 404
+    (webhook, channel, interaction gone), a 403 or a 5xx that discord.py's own
+    retries did not get past → PathClosed, the next-best way.
+    """
     try:
         return await fn()
     except discord.RateLimited as e:
         raise RateLimited(e.retry_after) from None
+    except discord.NotFound as e:
+        if e.code == UNKNOWN_MESSAGE:
+            raise MessageGone(f"{e.status} {e.text}") from e
+        raise PathClosed(f"{e.status} {e.text}") from e
+    except (discord.Forbidden, discord.DiscordServerError) as e:
+        raise PathClosed(f"{e.status} {e.text}") from e
     except discord.HTTPException as e:
         if e.status == 429:
             raise RateLimited(retry_after_of(e)) from None
@@ -162,7 +177,7 @@ class _Base:
     pacer: ChannelPacer
     counters: Counters
     look: Any = field(default_factory=Plain)
-    on_message: Callable[[int], Awaitable[None]] | None = None     # e.g. link the message to the conversation
+    on_message: Callable[["Handle"], Awaitable[None]] | None = None   # link it to the conversation, journal it
 
     @property
     def limit(self) -> int:
@@ -172,7 +187,7 @@ class _Base:
         self.counters.sends += 1
         self.look.learn(handle.message)
         if self.on_message is not None and getattr(handle.message, "id", None):
-            await self.on_message(handle.message.id)
+            await self.on_message(handle)
         return handle
 
 
@@ -199,6 +214,21 @@ class ChannelTransport(_Base):
         await self.pacer.wait(self.channel_id)
         handle.message = await platform_call(lambda: handle.message.edit(**self.look.edit(text)))
         self.counters.edits += 1
+
+
+@dataclass
+class DirectTransport(ChannelTransport):
+    """The user's DMs: the last way to reach someone when the channel refuses the bot."""
+
+    user: Any = None
+
+    async def send(self, text: str) -> Handle:
+        if self.channel is None:
+            try:
+                self.channel = await platform_call(self.user.create_dm)
+            except MessageGone as e:
+                raise PathClosed(str(e)) from e
+        return await super().send(text)
 
 
 @dataclass
@@ -277,15 +307,21 @@ class WebhookTransport(_Base):
     webhook: Any = None
     thread: Any = None
     wear: Callable[[], AsyncContextManager[Any]] | None = None   # dresses the webhook as the character (a lock)
+    on_closed: Callable[[], None] | None = None                  # the webhook refused: find or make it again next time
 
     def _thread(self) -> dict:
         return {"thread": self.thread} if self.thread is not None else {}
 
     async def send(self, text: str) -> Handle:
         await self.pacer.wait(self.channel_id)
-        async with self.wear() as persona:
-            message = await platform_call(lambda: self.webhook.send(
-                content=text, username=persona.name, wait=True, **self._thread()))
+        try:
+            async with self.wear() as persona:
+                message = await platform_call(lambda: self.webhook.send(
+                    content=text, username=persona.name, wait=True, **self._thread()))
+        except PathClosed:
+            if self.on_closed is not None:
+                self.on_closed()
+            raise
         return await self._sent(Handle("webhook", message))
 
     async def edit(self, handle: Handle, text: str) -> None:

@@ -9,10 +9,10 @@ from telegram import BotCommand, Update
 from telegram.error import BadRequest, InvalidToken, NetworkError, TelegramError
 from telegram.ext import Application, ContextTypes, TypeHandler
 
-from bot.streaming import RateLimited
+from bot.streaming import PathClosed, RateLimited, Undeliverable
 from bot.telegram.config import TelegramConfig
 from bot.telegram.handlers import Handlers
-from bot.telegram.journal import Entry, Journal
+from bot.journal import Entry, Journal
 from bot.telegram.pacing import telegram_pacer
 from bot.telegram.texts import COMMANDS
 from engine.api import EngineAPI
@@ -66,7 +66,7 @@ class TelegramSurface:
         if not await self._connect():
             return
         bot = self.app.bot
-        self.journal = Journal(self.engine, bot.id, self.cfg.max_attempts)
+        self.journal = Journal(self.engine, f"telegram:{bot.id}", self.cfg.max_attempts)
         self.handlers = Handlers(self.engine, self.cfg, self.default_lang, bot, self.pacer)
         await self._set_commands()
         await self.app.start()
@@ -197,6 +197,10 @@ class TelegramSurface:
             for attempt in range(1, self.cfg.max_attempts + 1):
                 try:
                     outcome = await self.handlers.handle(update, entry)
+                except (PathClosed, Undeliverable) as e:
+                    # Blocked or removed (403): nothing can reach this chat; the reply stays stored, not retried.
+                    log.warning("update %s: Telegram refused every way to the chat (%s); not retried", entry.key, e)
+                    outcome = "undeliverable"
                 except Exception as e:  # noqa: BLE001 - one bad update must not stop the bot
                     if _transient(e) and attempt < self.cfg.max_attempts:
                         log.warning("update %s: Telegram unreachable (%s); trying again in %.0fs", entry.key, e, delay)

@@ -8,7 +8,7 @@ from telegram import Chat, User
 
 from bot.i18n import text
 from bot.streaming import retrying
-from bot.telegram.journal import Entry
+from bot.journal import Entry
 from bot.telegram.sinks import ChatTransport
 from bot.telegram.texts import TEXTS
 from engine.types import Speaker

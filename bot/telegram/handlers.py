@@ -12,7 +12,7 @@ from bot.streaming import deliver
 from bot.telegram.characters import Characters, name_from_callback
 from bot.telegram.config import TelegramConfig
 from bot.telegram.context import Replier, Where, display_name
-from bot.telegram.journal import Entry
+from bot.journal import Entry
 from bot.telegram.memory import MemoryCommands
 from bot.telegram.pacing import Pacer
 from bot.telegram.scenes import PREFIX as SCENE_PREFIX, SceneHandlers

@@ -13,7 +13,7 @@ from bot.scene_texts import SCENE_TEXTS
 from bot.streaming import EditSink, deliver
 from bot.telegram.characters import MAX_BUTTONS, trim
 from bot.telegram.context import Replier, Where
-from bot.telegram.journal import Entry
+from bot.journal import Entry
 from bot.telegram.sinks import ChatTransport, Typing
 from engine.errors import EngineError, StoreUnavailable
 from engine.scenes import parse_names

@@ -13,15 +13,17 @@ from typing import Awaitable, Callable
 
 from telegram import Bot, MessageEntity, ReplyParameters
 from telegram.constants import ChatAction, MessageLimit
-from telegram.error import BadRequest, EndPointNotFound, InvalidToken, RetryAfter, TelegramError
+from telegram.error import (BadRequest, EndPointNotFound, Forbidden, InvalidToken, NetworkError, RetryAfter,
+                            TelegramError)
 
-from bot.streaming import EditSink, RateLimited, retrying, split_text
-from bot.telegram.journal import Entry
+from bot.streaming import EditSink, MessageGone, PathClosed, RateLimited, retrying, split_text
+from bot.journal import Entry
 from bot.telegram.pacing import Pacer
 
 log = logging.getLogger(__name__)
 
 LIMIT = MessageLimit.MAX_TEXT_LENGTH          # 4096
+EDIT_RETRY_S = 1.0                            # wait before repeating an edit the server failed (5xx)
 
 
 def utf16_len(text: str) -> int:
@@ -42,7 +44,9 @@ class ChatTransport:
     """One chat's message primitives for EditSink, paced, with Telegram's errors made uniform.
 
     429 becomes ``RateLimited`` (EditSink waits and repeats the call); "message
-    is not modified" counts as done. Each new message id is reported to
+    is not modified" counts as done; "message to edit not found" (deleted)
+    becomes ``MessageGone`` (the page continues in a new message); 403 (the bot
+    was blocked or removed) becomes ``PathClosed``. Each new message id is reported to
     ``on_sent`` so a resumed reply edits it instead of sending another.
     """
 
@@ -68,6 +72,8 @@ class ChatTransport:
             seconds = retry_seconds(e)
             self.pacer.delay(self.chat_id, seconds)
             raise RateLimited(seconds) from None
+        except Forbidden as e:
+            raise PathClosed(f"403 {e}") from e
 
     async def send(self, text: str) -> int:
         reply = ReplyParameters(self.reply_to, allow_sending_without_reply=True) if self.reply_to else None
@@ -83,8 +89,16 @@ class ChatTransport:
             await self.call(lambda: self.bot.edit_message_text(self.head + text, chat_id=self.chat_id, message_id=handle,
                                                                entities=self.entities))
         except BadRequest as e:
-            if "not modified" not in str(e).lower():
+            said = str(e).lower()
+            if "to edit not found" in said:
+                raise MessageGone(str(e)) from e
+            if "not modified" not in said:
                 raise
+        except NetworkError as e:
+            # A 5xx or a dropped connection: an edit is safe to repeat, so it is retried in place
+            # (a send is not: it may have arrived, and is left to the update's own retry and resume).
+            log.info("edit in %s failed (%s); trying again", self.chat_id, e)
+            raise RateLimited(EDIT_RETRY_S) from e
 
     async def delete(self, handle: int) -> None:
         try:
@@ -151,7 +165,7 @@ class EditingSink(EditSink):
         self.typing.stop()
         await super().finish(text)
         # A resumed reply may be shorter than the partial one it replaced.
-        needed = len(self._pages(text))
+        needed = len(self._pages(text[self.base:]))
         for handle in self.handles[needed:]:
             await self.transport.delete(handle)
         del self.handles[needed:], self.shown[needed:]

@@ -1,9 +1,10 @@
-"""The bot's own record of received updates, so a reply cut off by a crash is resumed once, not lost or doubled.
+"""A surface's own record of received events, so a reply cut off by a crash is resumed once, not lost or doubled.
 
-python-telegram-bot confirms updates to the server before handlers finish;
-each update is written to the store's inbox before it is handled and marked
-done only after its reply was fully sent. What a handler already sent is
-noted as ``progress`` so a resume continues instead of sending it again.
+Platforms confirm events before handlers finish (python-telegram-bot confirms
+updates at once; Discord's gateway forgets events at a new session); each
+event that starts a reply is written to the store's inbox before it is handled
+and marked done only after its reply was fully sent. What a handler already
+sent is noted as ``progress`` so a resume continues instead of sending it again.
 """
 from __future__ import annotations
 
@@ -21,13 +22,13 @@ log = logging.getLogger(__name__)
 class Entry:
     """One update being handled: its key, its journal (None when not journaled), and its progress so far."""
 
-    key: str                             # "telegram:{bot id}:{update id}", also the engine's request key
+    key: str                             # "{surface}:{event}", e.g. "telegram:{bot id}:{update id}"
     store: PlatformStore | None
     progress: dict[str, Any] = field(default_factory=dict)
 
     @property
     def local(self) -> str:
-        """The update id: the key within the bot's journal."""
+        """The event's key within the surface's journal (after the last colon)."""
         return self.key.rsplit(":", 1)[1]
 
     async def save(self, **changes: Any) -> None:
@@ -42,20 +43,23 @@ class Entry:
 
 
 class Journal:
-    """The bot's journal, kept through the engine's platform-store seam under ``telegram:{bot id}``."""
+    """A surface's journal, kept through the engine's platform-store seam under ``name`` (``telegram:{bot id}``).
 
-    def __init__(self, engine: EngineAPI, bot_id: int, max_attempts: int):
-        self.store = engine.platform_store(f"telegram:{bot_id}")
+    Event ids must not contain a colon.
+    """
+
+    def __init__(self, engine: EngineAPI, name: str, max_attempts: int):
+        self.store = engine.platform_store(name)
         self.prefix = f"{self.store.name}:"
         self.max_attempts = max_attempts
 
-    def key(self, update_id: int) -> str:
+    def key(self, update_id: int | str) -> str:
         return f"{self.prefix}{update_id}"
 
     def _entry(self, local: str, store: PlatformStore | None, progress: dict) -> Entry:
         return Entry(self.prefix + local, store, progress)
 
-    async def record(self, update_id: int, payload: dict) -> Entry | None:
+    async def record(self, update_id: int | str, payload: dict) -> Entry | None:
         """The entry to handle, or None when this update was handled already (a repeated delivery)."""
         local = str(update_id)
         try:
