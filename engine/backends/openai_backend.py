@@ -6,6 +6,7 @@ import concurrent.futures
 import json
 import logging
 import threading
+from http import HTTPStatus
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit
@@ -21,7 +22,12 @@ log = logging.getLogger(__name__)
 # backend hands itself is the message list, kept intact as JSON.
 MESSAGES_MARK = "\x1eopenai-messages\x1e"
 MAX_STOP = 4                  # OpenAI's own limit; the engine's cleaner enforces any further stop strings
-RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+# The upstream server's answers worth another try (this backend is an HTTP client of a serving cluster).
+RETRY_STATUS = {HTTPStatus.REQUEST_TIMEOUT, HTTPStatus.CONFLICT, HTTPStatus.TOO_MANY_REQUESTS,
+                HTTPStatus.INTERNAL_SERVER_ERROR, HTTPStatus.BAD_GATEWAY, HTTPStatus.SERVICE_UNAVAILABLE,
+                HTTPStatus.GATEWAY_TIMEOUT}
+REFUSED_FIELD = {HTTPStatus.BAD_REQUEST, HTTPStatus.UNPROCESSABLE_ENTITY}
+AUTH_FAILED = {HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN}
 CANCEL_POLL_S = 0.05
 PER_MESSAGE_TOKENS = 4        # role markers and separators of a typical chat template
 
@@ -259,12 +265,12 @@ class OpenAIGenerator:
         where = self.url
         try:
             async with self._session.post(self.url, json=body, headers=self.headers) as resp:
-                if resp.status != 200:
+                if resp.status != HTTPStatus.OK:
                     detail = _error_message(resp.status, await resp.text(errors="replace"))
-                    if resp.status in (400, 422) and "stream_options" in detail and self._ask_usage:
+                    if resp.status in REFUSED_FIELD and "stream_options" in detail and self._ask_usage:
                         self._ask_usage = False      # an older server: count tokens ourselves
                         raise ServerError(f"{where} refused stream_options", retryable=True)
-                    hint = " (check the API key's environment variable)" if resp.status in (401, 403) else ""
+                    hint = " (check the API key's environment variable)" if resp.status in AUTH_FAILED else ""
                     raise ServerError(f"{where} answered HTTP {resp.status}: {detail}{hint}",
                                       retryable=resp.status in RETRY_STATUS)
                 try:
@@ -304,7 +310,7 @@ class OpenAIGenerator:
                 raise ServerError(f"{self.url} sent a stream event that is not JSON: {data[:100]!r}") from None
             if event.get("error"):
                 raise ServerError(f"{self.url} reported an error mid-stream: "
-                                  f"{_error_message(500, json.dumps(event))}")
+                                  f"{_error_message(HTTPStatus.INTERNAL_SERVER_ERROR, json.dumps(event))}")
             usage = event.get("usage")
             for choice in event.get("choices") or ():
                 text = (choice.get("delta") or {}).get("content")
