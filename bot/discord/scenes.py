@@ -80,17 +80,17 @@ class SceneCommands:
         async def start(interaction: discord.Interaction, characters: str) -> None:
             await self.start(interaction, characters)
 
-        @group.command(name="add", description=desc("scene.add"))
-        @app_commands.describe(name=desc("character.name"))
-        @app_commands.autocomplete(name=self.c.autocomplete_character)
-        async def add(interaction: discord.Interaction, name: str) -> None:
-            await self.add(interaction, name)
+        def by_name(command: str, complete, action) -> None:
+            """/scene add and /scene remove: one character name, completed from a different list."""
 
-        @group.command(name="remove", description=desc("scene.remove"))
-        @app_commands.describe(name=desc("character.name"))
-        @app_commands.autocomplete(name=self.autocomplete_present)
-        async def remove(interaction: discord.Interaction, name: str) -> None:
-            await self.remove(interaction, name)
+            @group.command(name=command, description=desc(f"scene.{command}"))
+            @app_commands.describe(name=desc("character.name"))
+            @app_commands.autocomplete(name=complete)
+            async def run(interaction: discord.Interaction, name: str) -> None:
+                await action(interaction, name)
+
+        by_name("add", self.c.autocomplete_character, self.add)
+        by_name("remove", self.autocomplete_present, self.remove)
 
         @group.command(name="auto", description=desc("scene.auto"))
         @app_commands.describe(turns=desc("scene.turns"))

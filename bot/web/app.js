@@ -54,10 +54,7 @@ function target() { return targetSelect.value || "chat"; }
 function inScene() { return target() === SCENE; }
 
 function avatar(src) {
-  const img = document.createElement("img");
-  img.alt = "";
-  img.src = src;
-  return img;
+  return node("img", { alt: "", src });
 }
 
 // A message; a scene's character message starts with its avatar and name. ``el.raw`` is the text as written.

@@ -5,11 +5,13 @@
 
 const INLINE = /(`[^`\n]+`|\*\*[^*\n]+?\*\*|\*[^*\n]+?\*)/g;
 
+// An element with its properties set (textContent, never innerHTML); the page's one way to make nodes.
+function node(tag, props) {
+  return Object.assign(document.createElement(tag), props);
+}
+
 function marker(text) {
-  const m = document.createElement("span");
-  m.className = "md";
-  m.textContent = text;
-  return m;
+  return node("span", { className: "md", textContent: text });
 }
 
 function wrapped(tag, open, body, close) {
