@@ -14,7 +14,8 @@ import pytest
 
 from bot.terminal import TerminalChat
 from conftest import API_KEY, ROOT, free_port
-from test_cli import _start, _stop, _wait_health
+from botproc import wait_health as _wait_health
+from test_cli import _start, _stop
 
 ENV = {**os.environ, "BOT_API_KEY": API_KEY, "PYTHONUNBUFFERED": "1"}
 for var in ("DISCORD_TOKEN", "TELEGRAM_TOKEN", "MONGO_URI", "MONGO_HOST"):

@@ -327,7 +327,7 @@ class Conversations:
         else:
             transport = ChannelTransport(place.channel_id, self.pacer, self.counters, look, link, channel=channel)
         shown = self._typing_until_first(pieces, channel) if typing and self.cfg.typing else pieces
-        return await self._run(None, _Sink(transport), lang, shown)
+        return await self._run(None, _Sink(transport), lang, None, shown)
 
     def _link_to(self, conversation_id: str | None):
         async def link(message_id: int) -> None:
@@ -357,7 +357,9 @@ class Conversations:
                     log.warning("reply chain link for message %s not stored: %s", message_id, e.detail)
         return link
 
-    async def _run(self, reply, sink: _Sink, lang: str, entry: Entry, pieces: AsyncIterator[str] | None = None) -> str:
+    async def _run(self, reply, sink: _Sink, lang: str, entry: Entry | None,
+                   pieces: AsyncIterator[str] | None = None) -> str:
+        """Deliver a reply (or, for a scene's line, ``pieces``); its journal ``entry`` is closed with the outcome."""
         def describe_error(e: Exception) -> str | None:
             sink.error = e
             if isinstance(e, EngineError):
@@ -371,14 +373,16 @@ class Conversations:
             outcome = "answered"
             return out
         except Undeliverable:           # every way was refused (logged by the sink); the reply stays stored
-            reply.cancel("undeliverable")
             outcome = "undeliverable"
+            if reply is None:
+                return ""
+            reply.cancel("undeliverable")
             return reply.text
         except asyncio.CancelledError:
             outcome = ""                # shut down mid-reply: left in the journal, completed at the next start
             raise
         finally:
-            if outcome:
+            if outcome and entry is not None:
                 await self.journal.done(entry, outcome)
             self.replies_done += 1
 
