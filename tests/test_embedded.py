@@ -83,7 +83,9 @@ async def test_a_configured_port_in_use_is_refused(tmp_path):
 
 
 async def test_a_killed_child_is_restarted_on_its_port_and_kept_writes_drain(tmp_path):
-    server = EmbeddedMongo(tmp_path / "mongo")
+    # A slower first restart, so the write below surely meets a dead database (a fast restart and the
+    # driver's retry would otherwise take it directly).
+    server = EmbeddedMongo(tmp_path / "mongo", first_backoff_s=3.0)
     await server.start()
     store = Store(server.uri, "t", server_selection_timeout_ms=500, outbox_path=tmp_path / "outbox.jsonl")
     try:

@@ -131,12 +131,14 @@ async def _terminate(pid: int, group: bool) -> None:
 class EmbeddedMongo:
     """The supervised child process and its URI; data lives in ``data_dir/db/<database>.db`` and survives restarts."""
 
-    def __init__(self, data_dir: Path, port: int = 0, start_timeout_s: float = 30.0, max_backoff_s: float = 30.0):
+    def __init__(self, data_dir: Path, port: int = 0, start_timeout_s: float = 30.0, max_backoff_s: float = 30.0,
+                 first_backoff_s: float = 0.5):
         self.data_dir = Path(data_dir)
         self.configured_port = port
         self.port = port or free_port()
         self.start_timeout_s = start_timeout_s
         self.max_backoff_s = max_backoff_s
+        self.first_backoff_s = first_backoff_s
         self.proc: asyncio.subprocess.Process | None = None
         self.restarts = 0
         self._watch_w: int | None = None
@@ -248,14 +250,14 @@ class EmbeddedMongo:
     # supervision ----------------------------------------------------------------------------------
 
     async def _supervise(self) -> None:
-        delay = 0.5
+        delay = self.first_backoff_s
         while not self._stopping:
             started = time.monotonic()
             code = await self.proc.wait()
             if self._stopping:
                 return
             if time.monotonic() - started > STABLE_RUN_S:
-                delay = 0.5
+                delay = self.first_backoff_s
             log.error("the embedded MongoDB server exited (code %s); restarting it on port %d (log: %s)",
                       code, self.port, self.log_path)
             while not self._stopping:
