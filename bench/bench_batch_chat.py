@@ -106,7 +106,7 @@ async def _p4(engine) -> dict:
         _, _, t, *_ = await _ask(engine, f"late-{r}", QUESTIONS[1], 4, system=f"[p4 late {r}] {SYSTEM}")
         busy.append(t)
         for i in range(len(QUESTIONS)):
-            await engine.stop(f"load{r}-{i}")
+            await engine.stop_replies_of(f"load{r}-{i}")
         await asyncio.gather(*load, return_exceptions=True)
     i, b = statistics.median(idle), statistics.median(busy)
     return {"name": "P4 chat TTFT while 8 generate ÷ idle TTFT", "value": round(b / i, 3), "unit": "ratio",

@@ -5,7 +5,7 @@ import importlib.util
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 PKG_PREFIX = "pkg:"
 
@@ -114,7 +114,7 @@ class LocalModel(ModelCommon):
     """What a model run in this process (transformers, llama.cpp) adds: continuous batching and the prompt cache."""
 
     max_batch: int = Field(8, ge=1, le=256)            # sequences decoded together; 1: one reply at a time
-    kv_budget_tokens: int | None = Field(None, ge=256)  # KV cells for all sequences and cached prefixes; None: n_ctx × max_batch
+    kv_budget_tokens: int | None = Field(None, ge=256)  # KV cells for all sequences and cached prefixes; see bot.yaml
     prompt_cache: bool = True                          # reuse the keys/values of a prompt's longest cached prefix
     prefill_chunk: int = Field(256, ge=16, le=65536)   # prompt tokens prefilled per step, interleaved with decoding
 
@@ -154,6 +154,16 @@ class LlamaCppModel(LocalModel):
     offload_kqv: bool = True
     use_mmap: bool = True
     use_mlock: bool = False
+
+    @field_validator("kv_budget_tokens")
+    @classmethod
+    def _a_sequence_per_reply(cls, v: int | None, info: ValidationInfo) -> int | None:
+        # Every running reply has a KV stream of n_ctx cells of its own (engine/backends/llamacpp_slots.py).
+        n_ctx, max_batch = info.data.get("n_ctx"), info.data.get("max_batch")
+        if v is not None and n_ctx and max_batch and max_batch > 1 and v < n_ctx * max_batch:
+            raise ValueError(f"{v} cells hold fewer than max_batch ({max_batch}) replies of n_ctx ({n_ctx}) cells "
+                             f"each; set at least {n_ctx * max_batch}, or lower max_batch or n_ctx")
+        return v
 
 
 class OpenAIModel(ModelCommon):

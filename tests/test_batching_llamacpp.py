@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,7 @@ CARD = ("You are Mira, a ship's navigator on the airship Kestrel. " +
 
 def slots(**over) -> LlamaCppSlots:
     cfg = make_config().models.roleplay
-    cfg = cfg.model_copy(update={"max_batch": 8, "prompt_cache": True, "kv_budget_tokens": 8192,
+    cfg = cfg.model_copy(update={"max_batch": 8, "prompt_cache": True, "kv_budget_tokens": None,
                                  "prefill_chunk": 256, "n_threads": 1, **over})
     return LlamaCppSlots(cfg, resolve_model_path(cfg.model_path, ROOT))
 
@@ -122,6 +123,15 @@ def test_second_turn_hits_the_prompt_cache_after_another_long_conversation(gen):
     assert gen.batch_stats().cache_hit_tokens - before == turn2.finish.cached_tokens
 
 
+def test_a_request_with_unusable_sampling_fails_alone_and_the_model_serves_on(gen):
+    bad = Sampling(max_new_tokens=8, temperature=0.7, top_p=None, top_k=None, repetition_penalty=1.1)
+    text = prompt(gen, "Say hello.")
+    with pytest.raises((TypeError, ValueError, ctypes.ArgumentError)):
+        run_one(gen, text, bad)
+    ok = run_one(gen, text)
+    assert ok.finish.reason in ("stop", "length") and ok.text.strip()
+
+
 def test_two_users_share_a_cards_prefix(gen):
     card = "You are Oda, an innkeeper of the Green Lantern. " + "Travellers bring news from the mountain passes. " * 20
     a = run_one(gen, prompt(gen, "Good evening! A room, please.", system=card))
@@ -150,18 +160,22 @@ def test_eight_mixed_lengths_all_finish_and_free_their_slots():
         g.close()
 
 
-def test_a_full_kv_budget_evicts_and_shortens_instead_of_failing():
-    g = slots(kv_budget_tokens=1024, max_batch=4)
+def test_a_reply_stops_at_its_sequences_end_and_the_least_recent_prefix_makes_way():
+    g = slots(n_ctx=256, max_batch=2)          # 2 running + 2 spare sequences of 256 cells
     try:
-        texts = [prompt(g, f"Tell me about {t}. " + "Go on and on. " * 60) for t in TOPICS[:4]]
-        sampling = Sampling(48, 0.0, 1.0, 0, 1.1)
-        runs = run_together(g, texts, sampling)
-        assert all(r.finish.reason in ("stop", "length") and r.finish.tokens > 0 for r in runs)
-        assert sum(r.finish.prompt_tokens + r.finish.tokens for r in runs) > g.kv_capacity   # it had to make room
-        stats = g.batch_stats()
-        assert stats.running == 0 and stats.kv_used_tokens <= g.kv_capacity
+        long = run_one(g, prompt(g, "Go on and on. " * 40), Sampling(200, 0.0, 1.0, 0, 1.0))
+        assert long.finish.reason == "length" and long.finish.prompt_tokens + long.finish.tokens <= 256
         with pytest.raises(ValueError, match="does not fit"):
-            run_one(g, prompt(g, "x " * 1200))
+            run_one(g, prompt(g, "x " * 300))
+        cards = [f"You are guide {i}. " + f"Guide {i} knows the valley paths and the river fords well. " * 8
+                 for i in range(5)]
+        firsts = [run_one(g, prompt(g, "Hello!", system=c), Sampling(4, 0.0, 1.0, 0, 1.0)) for c in cards]
+        assert all(f.finish.cached_tokens < 40 for f in firsts)
+        latest = run_one(g, prompt(g, "Hello again!", system=cards[4]), Sampling(4, 0.0, 1.0, 0, 1.0))
+        oldest = run_one(g, prompt(g, "Hello again!", system=cards[0]), Sampling(4, 0.0, 1.0, 0, 1.0))
+        assert latest.finish.cached_tokens > 60          # its card is still held
+        assert oldest.finish.cached_tokens < 40          # four sequences, five cards: the first went
+        assert g.batch_stats().kv_used_tokens <= g.kv_capacity
     finally:
         g.close()
 
