@@ -454,6 +454,11 @@ class FakeDiscord:
             if method == "DELETE":
                 self.messages.pop(int(mid), None)
                 return web.Response(status=204)
+            if mid is None:          # the channel's history: newest first, as Discord sends it
+                after = int(request.query.get("after", 0))
+                limit = min(int(request.query.get("limit", 50)), 100)
+                found = [msg for msg in self.channel_messages(cid) if int(msg["id"]) > after]
+                return jresp(sorted(found, key=lambda msg: int(msg["id"]), reverse=True)[:limit])
             return jresp(self.messages[int(mid)])
         if r := m(r"/users/@me/channels", path):
             rid = int(body["recipient_id"])

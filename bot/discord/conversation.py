@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 # Engine errors a user gets privately (they concern only them), not as a public reply.
 PRIVATE_ERRORS = frozenset({"user_busy", "rate_limited", "input_too_long", "unknown_character"})
+ORPHAN_SEARCH = 50   # messages after the asked one searched for a reply a crash left unjournaled
 
 
 @dataclass(frozen=True)
@@ -311,8 +312,22 @@ class Conversations:
             return await self._interaction_reply(turn, place, inter, channel, None, payload["created_at"],
                                                  payload["may_hook"], lang, entry)
         reply_to = channel.get_partial_message(payload["message_id"])
+        if not entry.progress.get("sent"):
+            await self._adopt_orphan(entry, channel, payload["message_id"])
         return await self._message_reply(turn, place, channel, None, reply_to, payload["may_hook"], lang, entry,
                                          typing=False)
+
+    async def _adopt_orphan(self, entry: Entry, channel: Any, asked_id: int) -> None:
+        """A kill between Discord creating the reply and the journal noting its id leaves the reply unknown:
+        find the bot's reply to the message in the channel, so it is edited rather than answered twice."""
+        me = self.client.user.id if self.client.user else None
+        try:
+            async for msg in channel.history(after=discord.Object(asked_id), limit=ORPHAN_SEARCH, oldest_first=True):
+                if msg.author.id == me and msg.reference is not None and msg.reference.message_id == asked_id:
+                    await entry.save(sent=[["channel", msg.id, channel.id]])
+                    return
+        except discord.HTTPException as e:   # no history to read (permissions): a new message it is
+            log.info("could not look for an earlier reply to %s: %s", asked_id, e)
 
     async def speak(self, channel: Any, place: Place, character: str, pieces: AsyncIterator[str], lang: str, *,
                     conversation_id: str | None = None, may_hook: bool | None = None, typing: bool = False) -> str:
