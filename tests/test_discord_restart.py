@@ -101,6 +101,17 @@ async def test_sigkill_mid_reply_then_restart_completes_mention_and_slash_once(w
     assert len(bot_messages(fake, cid)) == 1
 
 
+async def journaled_mention(journal, fake: FakeDiscord, cid: int, user_id: int, name: str) -> tuple[dict, Place]:
+    """A user's mention in ``cid`` as the killed run journaled it (no progress yet)."""
+    asked = fake._message(cid, "tell me", author=fake.user(user_id, name))
+    place = Place(f"discord:channel:{cid}", (f"discord:channel:{cid}", f"discord:guild:{fake.guild_id}"), cid, False)
+    turn = Turn(Speaker(f"discord:{user_id}", name, "en"), place.scope, "tell me",
+                request_key=f"discord:msg:{asked['id']}")
+    await journal.add(f"m{asked['id']}", journal_payload("message", turn, place, "en", False,
+                                                         message_id=int(asked["id"])))
+    return asked, place
+
+
 async def test_what_a_crash_left_is_completed_in_place_once_at_start(engine):
     """The state a SIGKILL leaves (journaled, partly sent), resumed by a fresh adapter: fast, in one process."""
     text = "The keeper lit the lamp and watched the storm roll in over the black water."
@@ -108,12 +119,8 @@ async def test_what_a_crash_left_is_completed_in_place_once_at_start(engine):
     fake = await FakeDiscord().start()
     cid = fake.channel_ids[1]
     journal = eng.platform_store(f"discord:{fake.app_id}")
-    asked = fake._message(cid, "tell me", author=fake.user(521, "ann"))
+    asked, place = await journaled_mention(journal, fake, cid, 521, "ann")
     cut = fake._message(cid, "The keeper lit" + INDICATOR, author=fake.bot)
-    place = Place(f"discord:channel:{cid}", (f"discord:channel:{cid}", f"discord:guild:{fake.guild_id}"), cid, False)
-    turn = Turn(Speaker("discord:521", "ann", "en"), place.scope, "tell me", request_key=f"discord:msg:{asked['id']}")
-    await journal.add(f"m{asked['id']}", journal_payload("message", turn, place, "en", False,
-                                                         message_id=int(asked["id"])))
     await journal.progress(f"m{asked['id']}", {"attempts": 1, "sent": [["channel", int(cut["id"]), cid]]})
     inter = await fake.slash("chat", [{"name": "message", "type": 3, "value": "hi"}], user_id=522)
     inter.callback = {"type": 5}                                      # deferred by the killed run
@@ -141,14 +148,10 @@ async def test_a_reply_sent_but_not_yet_journaled_is_found_and_edited_not_sent_t
     fake = await FakeDiscord().start()
     cid = fake.channel_ids[1]
     journal = eng.platform_store(f"discord:{fake.app_id}")
-    asked = fake._message(cid, "tell me", author=fake.user(531, "cy"))
+    asked, _ = await journaled_mention(journal, fake, cid, 531, "cy")
     fake._message(cid, "unrelated chatter", author=fake.user(532, "dee"))
     cut = fake._message(cid, "The keeper" + INDICATOR, author=fake.bot,
                         message_reference={"type": 0, "message_id": asked["id"], "channel_id": str(cid)})
-    place = Place(f"discord:channel:{cid}", (f"discord:channel:{cid}", f"discord:guild:{fake.guild_id}"), cid, False)
-    turn = Turn(Speaker("discord:531", "cy", "en"), place.scope, "tell me", request_key=f"discord:msg:{asked['id']}")
-    await journal.add(f"m{asked['id']}", journal_payload("message", turn, place, "en", False,
-                                                         message_id=int(asked["id"])))
     surface = make_surface(eng, loaded_for(fake))
     try:
         await surface.start()
