@@ -6,7 +6,6 @@ import os
 import signal
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -50,12 +49,12 @@ def complete(msg: dict | None) -> bool:
 
 
 @pytest.fixture
-async def world(tmp_path, mongo_uri):
+async def world(tmp_path):
     fake = await FakeDiscord().start()
     write_config(tmp_path / "bot.yaml", {"discord": {"api_base_url": fake.api_base_url, "gateway_url": fake.gateway_url,
                                                      "edit_interval_s": 0.2, "typing": False}}, tokens=TOKENS)
     procs: list[asyncio.subprocess.Process] = []
-    yield tmp_path, fake, f"{mongo_uri}dc_restart_{uuid.uuid4().hex[:8]}", procs
+    yield tmp_path, fake, None, procs        # None: the embedded store, as a user runs it
     for p in procs:
         if p.returncode is None:
             p.kill()

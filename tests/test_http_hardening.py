@@ -357,6 +357,8 @@ async def test_partial_reply_is_never_replayed_as_complete(engine, speaker_id):
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_chaos_short_exits_0(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "bench.chaos", "--short", "--data-dir", str(tmp_path)],
+    # The process faults (SIGKILL mid-reply, the database child killed) have tests of their own on the default
+    # set-up: test_discord_restart, test_telegram_restart, test_crash_safety. Here: the HTTP fuzz of a real bot.
+    done = subprocess.run([sys.executable, "-m", "bench.chaos", "--short", "--only", "http", "--data-dir", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=1400)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
