@@ -100,12 +100,8 @@ class ModelQueue:
         try:
             while True:
                 remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    raise GenerationTimeout(f"{self.name}: no end after {self.timeout_s}s")
                 try:
-                    # wait_for makes a task per call: only when there is nothing to take yet
-                    item = pieces.get_nowait() if not pieces.empty() else \
-                        await asyncio.wait_for(pieces.get(), timeout=max(remaining, 0.001))
+                    item = await asyncio.wait_for(pieces.get(), timeout=max(remaining, 0.001))
                 except asyncio.TimeoutError:
                     raise GenerationTimeout(f"{self.name}: no end after {self.timeout_s}s") from None
                 if item is _DONE:
