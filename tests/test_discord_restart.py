@@ -111,13 +111,19 @@ async def journaled_mention(journal, fake: FakeDiscord, cid: int, user_id: int, 
     return asked, place
 
 
+CUT_TEXT = "The keeper lit the lamp and watched the storm roll in over the black water."
+
+
+async def crash_world(engine):
+    """A scripted engine writing CUT_TEXT, a fake Discord, the channel used and the adapter's journal."""
+    eng = scripted_engine(engine, CUT_TEXT)
+    fake = await FakeDiscord().start()
+    return eng, fake, fake.channel_ids[1], eng.platform_store(f"discord:{fake.app_id}")
+
+
 async def test_what_a_crash_left_is_completed_in_place_once_at_start(engine):
     """The state a SIGKILL leaves (journaled, partly sent), resumed by a fresh adapter: fast, in one process."""
-    text = "The keeper lit the lamp and watched the storm roll in over the black water."
-    eng = scripted_engine(engine, text)
-    fake = await FakeDiscord().start()
-    cid = fake.channel_ids[1]
-    journal = eng.platform_store(f"discord:{fake.app_id}")
+    eng, fake, cid, journal = await crash_world(engine)
     asked, place = await journaled_mention(journal, fake, cid, 521, "ann")
     cut = fake._message(cid, "The keeper lit" + INDICATOR, author=fake.bot)
     await journal.progress(f"m{asked['id']}", {"attempts": 1, "sent": [["channel", int(cut["id"]), cid]]})
@@ -130,8 +136,8 @@ async def test_what_a_crash_left_is_completed_in_place_once_at_start(engine):
     surface = make_surface(eng, loaded_for(fake))
     try:
         await surface.start()
-        await fake.wait_for(lambda: fake.messages[int(cut["id"])]["content"] == text
-                            and fake.original(inter)["content"] == text, 60, "both replies completed in place")
+        await fake.wait_for(lambda: fake.messages[int(cut["id"])]["content"] == CUT_TEXT
+                            and fake.original(inter)["content"] == CUT_TEXT, 60, "both replies completed in place")
         assert [m["id"] for m in fake.channel_messages(cid)] == [cut["id"], str(inter.original_id)]
         assert all(d["state"] == "done" for d in [await journal.get(f"m{asked['id']}"),
                                                    await journal.get(f"i{inter.id}")])
@@ -142,11 +148,7 @@ async def test_what_a_crash_left_is_completed_in_place_once_at_start(engine):
 
 async def test_a_reply_sent_but_not_yet_journaled_is_found_and_edited_not_sent_twice(engine):
     """A kill between Discord creating the reply and the journal noting its id: the resume finds that reply."""
-    text = "The keeper lit the lamp and watched the storm roll in over the black water."
-    eng = scripted_engine(engine, text)
-    fake = await FakeDiscord().start()
-    cid = fake.channel_ids[1]
-    journal = eng.platform_store(f"discord:{fake.app_id}")
+    eng, fake, cid, journal = await crash_world(engine)
     asked, _ = await journaled_mention(journal, fake, cid, 531, "cy")
     fake._message(cid, "unrelated chatter", author=fake.user(532, "dee"))
     cut = fake._message(cid, "The keeper" + INDICATOR, author=fake.bot,
@@ -154,7 +156,7 @@ async def test_a_reply_sent_but_not_yet_journaled_is_found_and_edited_not_sent_t
     surface = make_surface(eng, loaded_for(fake))
     try:
         await surface.start()
-        await fake.wait_for(lambda: fake.messages[int(cut["id"])]["content"] == text, 60, "the cut reply completed")
+        await fake.wait_for(lambda: fake.messages[int(cut["id"])]["content"] == CUT_TEXT, 60, "the cut reply completed")
         for _ in range(100):
             if (await journal.get(f"m{asked['id']}"))["state"] == "done":
                 break
