@@ -59,6 +59,11 @@ async def test_characters_and_inbox(store):
     chars = await store.list_characters()
     assert [c["name"] for c in chars] == ["aria"] and chars[0]["image"] is None
     assert await store.delete_character("ARIA") and await store.list_characters() == []
+    # A card's extensions are free-form: an int past 8 bytes or a "$" key is kept, not a failed import.
+    odd = {"spec": "chara_card_v2", "data": {"name": "Big", "extensions": {"n": 10 ** 30, "$x": [1, {"a.b": None}]}}}
+    await store.save_character("Big", odd, None, "admin")
+    assert [c["data"] for c in await store.list_characters()] == [odd]
+    assert await store.delete_character("big")
     assert await store.inbox_add("tg:1", {"u": 1}) is True
     assert await store.inbox_add("tg:1", {"u": 1}) is False
     await store.inbox_add("tg:2", {"u": 2})

@@ -37,8 +37,8 @@ def model_file(cfg: TransformersModel, base_dir: Path) -> Path | None:
     return Path(src) / gguf if gguf else None
 
 
-def _dequantized_copy(src: str, gguf: str, cache_dir: Path) -> Path:
-    """bitsandbytes cannot quantize a GGUF load; save a dequantized copy once and reuse it."""
+def dequantized_copy(src: str, gguf: str, cache_dir: Path) -> Path:
+    """bitsandbytes and gptqmodel cannot quantize a GGUF load; save a dequantized copy once and reuse it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = cache_dir / "dequantized" / Path(gguf).stem
@@ -96,7 +96,7 @@ def load_causal_lm(cfg: TransformersModel, base_dir: Path, cache_dir: Path, *, f
         kwargs["device_map"] = {"": "cpu"}          # cuda and auto are mapped below, as for bitsandbytes
     elif cfg.quantization != "none":
         if gguf:
-            src, gguf = str(_dequantized_copy(src, gguf, cache_dir)), None
+            src, gguf = str(dequantized_copy(src, gguf, cache_dir)), None
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=cfg.quantization,

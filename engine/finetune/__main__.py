@@ -15,7 +15,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pydantic import ValidationError
 
 from engine.finetune.datasets import DatasetError
-from engine.finetune.options import ConfigFileError, TrainOptions, chat_model_from_yaml
+from engine.finetune.options import ConfigFileError, TrainOptions, chat_model_of
 from engine.settings import TransformersModel
 
 _OPTION_FLAGS = ("epochs", "max_steps", "lr", "rank", "alpha", "dropout", "batch_size", "grad_accum",
@@ -80,16 +80,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _chat_model(args) -> tuple[TransformersModel, Path]:
-    """The chat model settings and the folder relative paths are resolved against."""
-    if args.model:
-        return TransformersModel(backend="transformers", model=args.model), Path.cwd()
-    path = args.config or Path("bot.yaml")
-    if not path.is_file():
-        raise ConfigFileError(f"{path}: no such file (pass --config bot.yaml or --model MODEL)")
-    return chat_model_from_yaml(path), path.resolve().parent
-
-
 def _training_model(cfg: TransformersModel, device: str | None, threads: int | None, echo) -> TransformersModel:
     update: dict = {"adapter": None, "active_adapter": None}
     if device:
@@ -110,7 +100,7 @@ def _echo(text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        cfg, base_dir = _chat_model(args)
+        cfg, base_dir = chat_model_of(args.config, args.model)
         cfg = _training_model(cfg, args.device, args.threads, _echo)
         opts = TrainOptions(**{k: getattr(args, k) for k in _OPTION_FLAGS if getattr(args, k) is not None})
     except (ConfigFileError, ValidationError) as e:

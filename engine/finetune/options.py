@@ -69,10 +69,21 @@ def chat_model_from_yaml(path: Path) -> TransformersModel:
         raise ConfigFileError(f"{path}: no models.chat section")
     if chat.get("backend") != "transformers":
         raise ConfigFileError(
-            f"{path}: models.chat.backend is {chat.get('backend')!r}; fine-tuning needs backend: transformers")
+            f"{path}: models.chat.backend is {chat.get('backend')!r}; this command needs backend: transformers")
     try:
         return TransformersModel.model_validate(chat)
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(x) for x in first["loc"])
         raise ConfigFileError(f"{path}: models.chat.{where}: {first['msg']}") from None
+
+
+def chat_model_of(config: Path | None, model: str | None) -> tuple[TransformersModel, Path]:
+    """The chat model a command works on (``model`` wins over ``config``, default ./bot.yaml) and the folder
+    its relative paths are resolved against."""
+    if model:
+        return TransformersModel(backend="transformers", model=model), Path.cwd()
+    path = config or Path("bot.yaml")
+    if not path.is_file():
+        raise ConfigFileError(f"{path}: no such file (pass --config bot.yaml or --model MODEL)")
+    return chat_model_from_yaml(path), path.resolve().parent

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import functools
 import hashlib
+import json
 import logging
 import time
 import uuid
@@ -38,6 +39,12 @@ INDEXES: dict[str, list[tuple[str, list[tuple[str, int]], dict]]] = {
     "pins": [("pins_conv", [("conv_id", ASCENDING), ("state", ASCENDING), ("ts", ASCENDING)], {})],
     "users": [], "characters": [], "links": [], "scenes": [],
 }
+
+
+def eq(**fields: Any) -> dict[str, dict[str, Any]]:
+    """Equality filters written as ``$eq``: the same match in MongoDB, but the embedded store turns a bare
+    value into "equal or an array holding it", which no index serves, and scans the whole collection."""
+    return {k: {"$eq": v} for k, v in fields.items()}
 
 
 def new_id() -> str:
@@ -215,13 +222,14 @@ class Store:
 
     @_guard
     async def active_conversation(self, owner: str, scope: str, mode: str, character: str | None) -> str:
-        query = {"owner": owner, "scope": scope, "mode": mode, "character": character or "", "state": "active"}
+        fields = {"owner": owner, "scope": scope, "mode": mode, "character": character or "", "state": "active"}
+        query = eq(**fields)
         found = await self.db.conversations.find(query).sort("created", ASCENDING).limit(1).to_list(None)
         if found:
             return found[0]["_id"]
         # Not an upsert: nx-27017 ignores $setOnInsert's _id in find_one_and_update and makes an ObjectId.
         mine = new_id()
-        await self.db.conversations.insert_one({**query, "_id": mine, "created": time.time_ns()})
+        await self.db.conversations.insert_one({**fields, "_id": mine, "created": time.time_ns()})
         # Two first messages at once may both insert; everyone settles on the oldest. A reset at the same
         # moment may have closed them all: then this caller keeps the one it made.
         found = await self.db.conversations.find(query).sort("created", ASCENDING).limit(1).to_list(None)
@@ -231,7 +239,7 @@ class Store:
     async def reset(self, owner: str, scope: str) -> int:
         """Close the owner's active conversations in a scope; the old ones stay stored."""
         result = await self.db.conversations.update_many(
-            {"owner": owner, "scope": scope, "state": "active"},
+            eq(owner=owner, scope=scope, state="active"),
             {"$set": {"state": "closed", "closed": time.time_ns()}},
         )
         return result.modified_count
@@ -242,7 +250,7 @@ class Store:
 
     @_guard
     async def conversations_of(self, owner: str, limit: int = 50) -> list[dict]:
-        cursor = self.db.conversations.find({"owner": owner}).sort("created", DESCENDING).limit(limit)
+        cursor = self.db.conversations.find(eq(owner=owner)).sort("created", DESCENDING).limit(limit)
         return await cursor.to_list(None)
 
     # messages -------------------------------------------------------------------------------------
@@ -263,7 +271,7 @@ class Store:
         """
         if request_key and not message_id:      # a reply's own progress document is replaced, not looked up
             try:
-                found = await self.db.messages.find_one({"conv_id": conv_id, "request_key": request_key,
+                found = await self.db.messages.find_one({**eq(conv_id=conv_id, request_key=request_key),
                                                          "role": role, "status": status})
             except PyMongoError:
                 if not durable:
@@ -287,7 +295,7 @@ class Store:
         """The newest ``limit`` messages of a conversation (only those after ``after_ts`` if given), oldest first."""
         if limit <= 0:
             return []
-        query: dict[str, Any] = {"conv_id": conv_id}
+        query: dict[str, Any] = eq(conv_id=conv_id)
         if after_ts is not None:
             query["ts"] = {"$gt": after_ts}
         cursor = self.db.messages.find(query).sort("ts", DESCENDING).limit(limit)
@@ -297,23 +305,23 @@ class Store:
     @_guard
     async def find_reply(self, conv_id: str, request_key: str) -> dict | None:
         """The complete reply already given to a request, if any (a partial one does not count)."""
-        return await self.db.messages.find_one({"conv_id": conv_id, "request_key": request_key, "role": "assistant",
+        return await self.db.messages.find_one({**eq(conv_id=conv_id, request_key=request_key), "role": "assistant",
                                                 "status": "done"})
 
     @_guard
     async def count_messages(self, conv_id: str) -> int:
-        return await self.db.messages.count_documents({"conv_id": conv_id})
+        return await self.db.messages.count_documents(eq(conv_id=conv_id))
 
     # memory: summary revisions and pinned facts -----------------------------------------------------
 
     @_guard
     async def latest_summary(self, conv_id: str) -> dict | None:
-        found = await self.db.summaries.find({"conv_id": conv_id}).sort("rev", DESCENDING).limit(1).to_list(None)
+        found = await self.db.summaries.find(eq(conv_id=conv_id)).sort("rev", DESCENDING).limit(1).to_list(None)
         return found[0] if found else None
 
     @_guard
     async def summary_revisions(self, conv_id: str) -> list[dict]:
-        return await self.db.summaries.find({"conv_id": conv_id}).sort("rev", ASCENDING).to_list(None)
+        return await self.db.summaries.find(eq(conv_id=conv_id)).sort("rev", ASCENDING).to_list(None)
 
     @_guard
     async def add_summary(self, conv_id: str, rev: int, text: str, covers: dict, by: str,
@@ -330,7 +338,7 @@ class Store:
     @_guard
     async def pins(self, conv_id: str) -> list[dict]:
         """The conversation's pinned facts, oldest first."""
-        return await self.db.pins.find({"conv_id": conv_id, "state": "active"}).sort("ts", ASCENDING).to_list(None)
+        return await self.db.pins.find(eq(conv_id=conv_id, state="active")).sort("ts", ASCENDING).to_list(None)
 
     @_guard
     async def add_pin(self, conv_id: str, text: str, by: str) -> str:
@@ -341,7 +349,7 @@ class Store:
     @_guard
     async def remove_pins(self, conv_id: str, pin_ids: list[str] | None = None) -> int:
         """Unpin some (or, with no ids, all) of a conversation's facts; they stay stored, marked removed."""
-        query: dict[str, Any] = {"conv_id": conv_id, "state": "active"}
+        query: dict[str, Any] = eq(conv_id=conv_id, state="active")
         if pin_ids is not None:
             query["_id"] = {"$in": pin_ids}
         result = await self.db.pins.update_many(query, {"$set": {"state": "removed", "removed": time.time_ns()}})
@@ -362,16 +370,19 @@ class Store:
 
     @_guard
     async def save_character(self, name: str, data: dict, image: bytes | None, by: str) -> None:
-        # The card PNG as base64 text: nx-27017 cannot replace a document holding binary data.
-        doc = {"_id": name.casefold(), "name": name, "data": data, "image_b64": _b64(image), "by": by,
-               "ts": time.time()}
+        # The card PNG as base64 text: nx-27017 cannot replace a document holding binary data. The card's
+        # fields as JSON text: its extensions may hold what BSON cannot (ints past 8 bytes, "$" keys).
+        doc = {"_id": name.casefold(), "name": name, "card_json": json.dumps(data, ensure_ascii=False),
+               "image_b64": _b64(image), "by": by, "ts": time.time()}
         await self.db.characters.replace_one({"_id": doc["_id"]}, doc, upsert=True)
 
     @_guard
     async def list_characters(self) -> list[dict]:
-        """Stored cards, ``image`` as bytes (documents written before base64 hold it as binary already)."""
+        """Stored cards, ``data`` as a dict and ``image`` as bytes (older documents hold them as such already)."""
         docs = await self.db.characters.find({}).sort("_id", ASCENDING).to_list(None)
         for doc in docs:
+            if "card_json" in doc:
+                doc["data"] = json.loads(doc.pop("card_json"))
             b64 = doc.pop("image_b64", None)
             doc["image"] = base64.b64decode(b64) if b64 is not None else doc.get("image")
         return docs
