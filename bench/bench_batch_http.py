@@ -73,7 +73,7 @@ async def _main(tmp: Path, roles: tuple[str, ...]) -> list[dict]:
     from bot.config import Loaded, load
     from engine.backends.base import Sampling
     from engine.backends.llamacpp_backend import load_llama
-    from engine.settings import resolve_model_path
+    from engine.loading import gguf_file
 
     loaded = load(ROOT / "bot.yaml", environ={"BOT_API_KEY": KEY})
     cfg = loaded.config
@@ -84,7 +84,7 @@ async def _main(tmp: Path, roles: tuple[str, ...]) -> list[dict]:
     load0 = os.getloadavg()[0]
     await app.start()
     rp_cfg = cfg.models.roleplay
-    llama = load_llama(rp_cfg, resolve_model_path(rp_cfg.model_path, ROOT))
+    llama = load_llama(rp_cfg, gguf_file("roleplay", rp_cfg, ROOT, ROOT / "ai_model"))   # what the bot serves
     try:
         chat = app.engine.models["chat"].backend
 

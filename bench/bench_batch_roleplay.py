@@ -143,14 +143,14 @@ async def _main() -> list[dict]:
     from engine.backends.llamacpp_backend import load_llama
     from engine.backends.llamacpp_slots import LlamaCppSlots
     from engine.engine import Engine
-    from engine.settings import resolve_model_path
+    from engine.loading import gguf_file
 
     cfg = load(ROOT / "bot.yaml", environ={"BOT_API_KEY": "bench"}).config
     rp_cfg = cfg.models.roleplay
     load_before = os.getloadavg()[0]
     if load_before > (os.cpu_count() or 1):   # busy cores: llama.cpp's spin-waiting threads would measure the noise
         rp_cfg = rp_cfg.model_copy(update={"n_threads": 1})
-    path = resolve_model_path(rp_cfg.model_path, ROOT)
+    path = gguf_file("roleplay", rp_cfg, ROOT, ROOT / "ai_model")
     rows: list[dict] = []
 
     raw = load_llama(rp_cfg, path)

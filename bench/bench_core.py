@@ -89,7 +89,7 @@ async def _main() -> list[dict]:
     from engine.backends.llamacpp_backend import LlamaCppGenerator
     from engine.backends.transformers_backend import TransformersGenerator
     from engine.engine import Engine
-    from engine.settings import resolve_model_path
+    from engine.loading import gguf_file
     from engine.types import GenParams
 
     loaded = load(ROOT / "bot.yaml", environ={"BOT_API_KEY": "bench"})
@@ -97,7 +97,7 @@ async def _main() -> list[dict]:
     rss0 = psutil.Process().memory_info().rss
     chat_cfg, rp_cfg = cfg.models.chat, cfg.models.roleplay
     chat = TransformersGenerator(chat_cfg, ROOT, ROOT / "ai_model")
-    rp = LlamaCppGenerator(rp_cfg, resolve_model_path(rp_cfg.model_path, ROOT))
+    rp = LlamaCppGenerator(rp_cfg, gguf_file("roleplay", rp_cfg, ROOT, ROOT / "ai_model"))
     rss = psutil.Process().memory_info().rss
     rows: list[dict] = []
 

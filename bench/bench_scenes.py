@@ -48,7 +48,8 @@ async def _main() -> list[dict]:
     from engine.backends.llamacpp_backend import LlamaCppGenerator
     from engine.cards import Card, CharacterRegistry
     from engine.engine import Engine
-    from engine.settings import MaxTokens, SceneSettings, resolve_model_path
+    from engine.loading import gguf_file
+    from engine.settings import MaxTokens, SceneSettings
     from engine.store.embedded import EmbeddedMongo
     from engine.store.repository import Store
     from engine.types import Speaker
@@ -56,7 +57,7 @@ async def _main() -> list[dict]:
     cfg = load(ROOT / "bot.yaml", environ={"BOT_API_KEY": "bench"}).config
     rp_cfg = cfg.models.roleplay.model_copy(update={
         "max_new_tokens": MaxTokens(policy="fixed", fixed=TOKENS), "temperature": 0.0, "max_batch": 1})
-    rp = LlamaCppGenerator(rp_cfg, resolve_model_path(rp_cfg.model_path, ROOT))
+    rp = LlamaCppGenerator(rp_cfg, gguf_file("roleplay", rp_cfg, ROOT, ROOT / "ai_model"))
     model = Engine.make_model("roleplay", rp_cfg, rp)
     with tempfile.TemporaryDirectory() as tmp:
         server = EmbeddedMongo(Path(tmp))

@@ -51,6 +51,19 @@ def check_device(role: str, device: str) -> None:
                              "CUDA GPU(s) are visible")
 
 
+def gguf_file(role: str, cfg: LlamaCppModel, base_dir: Path, cache_dir: Path) -> Path:
+    """The GGUF a llama.cpp model serves: ``model_path`` (checked against ``sha256``), or its re-encoded copy."""
+    path = resolve_model_path(cfg.model_path, base_dir)
+    if not path.is_file():
+        raise ModelLoadError(f"models.{role}.model_path: no such file: {path}")
+    check_sha256(role, path, cfg.sha256)
+    if cfg.requantize == "none":
+        return path
+    from engine.backends.gguf_requantize import requantized
+
+    return requantized(path, cfg.requantize, cache_dir)
+
+
 def load_backend(role: str, cfg, base_dir: Path, cache_dir: Path,
                  env: Mapping[str, str] | None = None) -> TextGenerator:
     """Load one model (blocking; call it in a thread); ``env`` holds secrets such as a server's API key."""
@@ -58,11 +71,7 @@ def load_backend(role: str, cfg, base_dir: Path, cache_dir: Path,
         if isinstance(cfg, LlamaCppModel):
             from engine.backends.llamacpp_backend import make_llamacpp
 
-            path = resolve_model_path(cfg.model_path, base_dir)
-            if not path.is_file():
-                raise ModelLoadError(f"models.{role}.model_path: no such file: {path}")
-            check_sha256(role, path, cfg.sha256)
-            return make_llamacpp(cfg, path)
+            return make_llamacpp(cfg, gguf_file(role, cfg, base_dir, cache_dir))
         if isinstance(cfg, TransformersModel):
             from engine.backends.hf_loading import model_file
             from engine.backends.transformers_backend import TransformersGenerator

@@ -89,6 +89,33 @@ def test_greedy_text_is_the_same_alone_and_in_a_batch_of_8(gen):
     assert drifted <= 1
 
 
+def test_replies_left_running_after_early_finishers_are_moved_together_and_read_the_same():
+    # llama.cpp splits a decode step at a gap in the running sequences' ids, reading the weights once more per
+    # part; the backend closes gaps by moving a reply to another sequence, which must not change its text.
+    g = slots()
+    steps: list[list[int]] = []
+    decode = g._decode
+
+    def watched(entries, n_decode):
+        steps.append(sorted({s.seq for s, _, _ in entries}))
+        decode(entries, n_decode)
+
+    g._decode = watched
+    try:
+        lengths = [2, 40, 5, 40, 3, 40, 9, 40]
+        texts = [prompt(g, f"Tell me a story about {t}.") for t in TOPICS]
+        alone = [run_one(g, t, Sampling(n, 0.0, 1.0, 0, 1.1)) for t, n in zip(texts, lengths)]
+        steps.clear()
+        with ThreadPoolExecutor(8) as pool:
+            together = list(pool.map(lambda tn: run_one(g, tn[0], Sampling(tn[1], 0.0, 1.0, 0, 1.1)),
+                                     zip(texts, lengths)))
+        assert g._moves > 0                        # the early finishers left gaps
+        assert all(seqs == list(range(seqs[0], seqs[0] + len(seqs))) for seqs in steps), steps
+        assert [r.text for r in together] == [r.text for r in alone]
+    finally:
+        g.close()
+
+
 def test_cancel_mid_batch_stops_within_one_step_and_the_others_finish(gen):
     sampling = Sampling(max_new_tokens=64, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.1)
     texts = [prompt(gen, f"Write a very long essay about {t}.") for t in TOPICS]

@@ -34,6 +34,7 @@ def test_the_shipped_config_is_valid_and_runs_on_cpu():
     ("  default: ko", "  default: fr", "language.default", "'ko' or 'en'"),
     ("    device: cpu", "    device: gpu", "models.chat.device", "cuda"),
     ("kv_budget_tokens: 20480", "kv_budget_tokens: 8192", "models.roleplay.kv_budget_tokens", "at least 16384"),
+    ("requantize: q8_0 ", "requantize: q4_k ", "models.roleplay.requantize", "'q8_0'"),
 ])
 def test_a_wrong_key_type_or_value_names_key_and_line(old, new, key, message):
     text = TEXT.replace(old, new, 1)

@@ -121,6 +121,7 @@ class LlamaCppSlots(LlamaText):
         self._closed = False
         self._hits = 0
         self._prompted = 0
+        self._moves = 0             # replies moved to close a gap between running sequences (_compact)
         self._thread = threading.Thread(target=self._loop, name=f"llamacpp-slots-{path.stem}", daemon=True)
         self._thread.start()
 
@@ -196,6 +197,8 @@ class LlamaCppSlots(LlamaText):
         running = self._running()
         if not running:
             return
+        self._compact(running)
+        running = self._running()
         # Decode tokens of the running replies first, then prompt chunks in arrival order.
         decode: list[tuple[_Slot, int, bool]] = [(s, s.req.last, True) for s in running if not s.req.todo]
         prefill: list[tuple[_Slot, int, bool]] = []
@@ -240,8 +243,10 @@ class LlamaCppSlots(LlamaText):
             keep = min(common_prefix(donor.tokens, req.tokens), len(req.tokens) - 1)   # the last token gives logits
         if keep and donor.req is None and 2 * keep >= len(donor.tokens):
             target = donor                    # the same conversation's next turn: continue in place
-        else:
-            target = min(idle, key=lambda s: (bool(s.tokens), s.used_at))   # an empty slot, else the LRU prefix
+        else:   # next to the running ones (see _compact), then an empty slot, else the LRU prefix
+            running = [s.seq for s in self._slots if s.req is not None]
+            near = range(min(running) - 1, max(running) + 2) if running else range(len(self._slots))
+            target = min(idle, key=lambda s: (s.seq not in near, bool(s.tokens), s.used_at))
         if target is not donor:
             self._evict(target)
             if keep:   # a shared prefix (the same card, another user): streams are copied whole, then cut
@@ -255,6 +260,24 @@ class LlamaCppSlots(LlamaText):
         self._prompted += len(req.tokens)
         target.req = req
         target.used_at = time.monotonic()
+
+    def _compact(self, running: list[_Slot]) -> None:
+        """Keep the running sequences' ids consecutive: llama.cpp decodes the streams on either side of a gap
+        as separate ubatches, each reading all the weights again (8 replies on 2 cores: 48-53 ms a step
+        instead of 37). The highest running reply moves into the lowest gap; its old stream keeps a copy
+        of the conversation as a cached prefix, and the gap's own cached prefix is given up."""
+        seqs = sorted(s.seq for s in running)
+        while seqs[-1] - seqs[0] + 1 != len(seqs):
+            gap = next(q for q in range(seqs[0], seqs[-1]) if self._slots[q].req is None)
+            src, dst = self._slots[seqs.pop()], self._slots[gap]
+            self._evict(dst)
+            self.lib.llama_memory_seq_cp(self._mem, src.seq, dst.seq, -1, -1)   # whole stream, across streams
+            dst.tokens, dst.req, dst.used_at = list(src.tokens), src.req, src.used_at
+            src.req = None
+            if not self.cfg.prompt_cache:
+                self._evict(src)
+            self._moves += 1
+            seqs = sorted(seqs + [gap])
 
     def _evict(self, slot: _Slot) -> None:
         self.lib.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
