@@ -1,6 +1,6 @@
-"""Benchmark batching end to end through the HTTP API on the shipped bot.yaml: 8 users at once ÷ one, and one
-stream ÷ the raw library (P1 through HTTP), for both models; also how many of 8 greedy replies read the same alone
-and batched."""
+"""Benchmark batching end to end through the HTTP API of `python -m bot` on the shipped bot.yaml: 8 users at once ÷
+one, and one stream ÷ the raw library (P1 through HTTP), for both models; also how many of 8 greedy replies read the
+same alone and batched."""
 from __future__ import annotations
 
 import asyncio
@@ -69,44 +69,43 @@ async def _role(client, role: str, raw_tps) -> list[dict]:
 async def _main(tmp: Path, roles: tuple[str, ...]) -> list[dict]:
     from openai import AsyncOpenAI
 
-    from bot.app import App
-    from bot.config import Loaded, load
+    from bench.chaos.botproc import BotProcess
+    from bot.config import load
     from engine.backends.base import Sampling
-    from engine.backends.llamacpp_backend import load_llama
+    from engine.backends.llamacpp_backend import LlamaText, load_llama
+    from engine.backends.transformers_backend import TransformersGenerator
     from engine.loading import gguf_file
 
-    loaded = load(ROOT / "bot.yaml", environ={"BOT_API_KEY": KEY})
-    cfg = loaded.config
-    # The shipped bot.yaml, but for its per-client request rate: this bench starts about 70 requests a minute.
-    http = cfg.http.model_copy(update={"per_client_per_minute": 0})
-    cfg = cfg.model_copy(update={"http": http, "limits": cfg.limits.model_copy(update={"requests_per_minute": 0})})
-    app = App(Loaded(cfg, loaded.secrets, loaded.path), data_dir=tmp, http_host="127.0.0.1", http_port=0)
+    cfg = load(ROOT / "bot.yaml", environ={"BOT_API_KEY": KEY}).config
+    # The shipped bot.yaml, as `python -m bot` in its own process (the client here shares no event loop or GIL
+    # with it), but for its per-client request rate: this bench starts about 70 requests a minute.
+    lifted = {"http": {**cfg.http.model_dump(mode="json"), "per_client_per_minute": 0},
+              "limits": {**cfg.limits.model_dump(mode="json"), "requests_per_minute": 0}}
     load0 = os.getloadavg()[0]
-    await app.start()
     rp_cfg = cfg.models.roleplay
-    llama = load_llama(rp_cfg, gguf_file("roleplay", rp_cfg, ROOT, ROOT / "ai_model"))   # what the bot serves
+    # The raw libraries on the weights the bot serves, loaded here and run only between the HTTP requests.
+    chat = TransformersGenerator(cfg.models.chat.model_copy(update={"max_batch": 1}), ROOT, ROOT / "ai_model")
+    llama = load_llama(rp_cfg, gguf_file("roleplay", rp_cfg, ROOT, ROOT / "ai_model"))
+    system_then = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTIONS[0]}]
+    chat_prompt = chat.render(system_then)
+    llama_prompt = LlamaText(rp_cfg, Path(llama.model_path), llama).render(system_then)
+
+    def chat_raw() -> float:
+        return _raw_tps(chat, chat_prompt, cfg.models.chat.repetition_penalty)
+
+    def rp_raw() -> float:
+        sampling = Sampling(TOKENS, 0.0, rp_cfg.top_p, rp_cfg.top_k, rp_cfg.repetition_penalty)
+        return _raw_llama_tps(llama, llama_prompt, sampling)[0]
+
     try:
-        chat = app.engine.models["chat"].backend
-
-        def chat_raw() -> float:
-            prompt = chat.render([{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTIONS[0]}])
-            return _raw_tps(chat, prompt, cfg.models.chat.repetition_penalty)
-
-        def rp_raw() -> float:
-            # The roleplay model's prompt for the same question: its persona card, rendered by the engine.
-            prompt = llama_prompt
-            sampling = Sampling(TOKENS, 0.0, rp_cfg.top_p, rp_cfg.top_k, rp_cfg.repetition_penalty)
-            return _raw_llama_tps(llama, prompt, sampling)[0]
-
-        llama_prompt = app.engine.models["roleplay"].backend.render(
-            [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTIONS[0]}])
-        async with AsyncOpenAI(base_url=f"http://127.0.0.1:{app.http.port}/v1", api_key=KEY, max_retries=0,
-                               timeout=600) as client:
-            raws = {"chat": chat_raw, "roleplay": rp_raw}
-            rows = [row for role in roles for row in await _role(client, role, raws[role])]
+        async with BotProcess(tmp / "bot", override=lifted, tokens=TOKENS) as bot:
+            async with AsyncOpenAI(base_url=f"{bot.url}/v1", api_key=bot.api_key, max_retries=0,
+                                   timeout=600) as client:
+                raws = {"chat": chat_raw, "roleplay": rp_raw}
+                rows = [row for role in roles for row in await _role(client, role, raws[role])]
     finally:
         llama.close()
-        await app.stop()
+        chat.close()
     for row in rows:
         row["note"] += f"; roleplay n_threads {rp_cfg.n_threads}; load avg {load0:.1f}→{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     return rows
