@@ -33,7 +33,16 @@ def fast_config(folder: Path, override: dict | None = None) -> Path:
     cfg["limits"]["requests_per_minute"] = 0
     path = folder / "bot.yaml"
     path.write_text(yaml.safe_dump(merge(cfg, override or {}), allow_unicode=True), encoding="utf-8")
+    share_model_copies(folder)
     return path
+
+
+def share_model_copies(folder: Path) -> None:
+    """A bot.yaml in ``folder`` keeps its model copies (dequantized, re-encoded) in ``folder``/ai_model: point
+    that at the repository's, so each test bot does not make them again."""
+    if not (folder / "ai_model").exists():
+        (ROOT / "ai_model").mkdir(exist_ok=True)
+        (folder / "ai_model").symlink_to(ROOT / "ai_model", target_is_directory=True)
 
 
 def bot_env(**extra: str) -> dict[str, str]:

@@ -31,15 +31,15 @@ def chat_cfg(**update):
     return cfg.model_copy(update={"adapter": None, "active_adapter": None, **update})
 
 
-def load(tmp_path: Path, **update):
+def load(**update):
     from engine.backends.transformers_backend import TransformersGenerator
 
-    return TransformersGenerator(chat_cfg(**update), REPO, tmp_path)
+    return TransformersGenerator(chat_cfg(**update), REPO, REPO / "ai_model")   # the shared dequantized copy
 
 
 @pytest.fixture(scope="module")
-def gen(tmp_path_factory):
-    g = load(tmp_path_factory.mktemp("ai_model"), max_batch=8, prompt_cache=True, prefill_chunk=64)
+def gen():
+    g = load(max_batch=8, prompt_cache=True, prefill_chunk=64)
     yield g
     g.close()
 
@@ -203,7 +203,7 @@ def test_an_adapter_still_applies_in_a_batch(gen, tmp_path):
     data["base_model_name_or_path"] = chat_cfg().model
     cfg_file.write_text(json.dumps(data))
 
-    adapted = load(tmp_path, max_batch=4, adapter=str(tmp_path / "tiny-lora"))
+    adapted = load(max_batch=4, adapter=str(tmp_path / "tiny-lora"))
     try:
         assert adapted.info()["adapter"] == "tiny-lora"
         prompts = [prompt(gen, q) for q in QUESTIONS[:4]]

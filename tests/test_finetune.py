@@ -252,16 +252,16 @@ def test_check_mode_prints_statistics_and_bad_lines(tmp_path):
     assert "tokens per example: min" in out.stdout
 
 
-def _load(cfg, tmp_path, *, for_training):
+def _load(cfg, *, for_training):
     from engine.backends.hf_loading import load_causal_lm
 
-    return load_causal_lm(cfg, REPO, cache_dir=tmp_path, for_training=for_training)
+    return load_causal_lm(cfg, REPO, cache_dir=REPO / "ai_model", for_training=for_training)   # the shared copy
 
 
 @pytest.fixture(scope="module")
-def base(chat_cfg, tmp_path_factory):
+def base(chat_cfg):
     """The default chat model loaded once for training; each run trains a deep copy (training edits it in place)."""
-    return _load(chat_cfg, tmp_path_factory.mktemp("cache"), for_training=True)
+    return _load(chat_cfg, for_training=True)
 
 
 def fresh(base):
@@ -290,7 +290,7 @@ def test_training_teaches_facts_the_base_model_does_not_know(chat_cfg, base, tmp
     del model
 
     served_cfg = chat_cfg.model_copy(update={"adapter": str(out)})
-    served, tok = _load(served_cfg, tmp_path, for_training=False)     # the engine's own loading path
+    served, tok = _load(served_cfg, for_training=False)     # the engine's own loading path
     assert adapter_info(served_cfg, REPO)["name"] == "facts"
     pairs = [(q, t) for (q, _), t in zip(FACTS, TAUGHT)]
     taught = recall(served, tok, served_cfg, pairs, seed=1)

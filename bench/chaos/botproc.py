@@ -33,6 +33,8 @@ def write_config(path: Path, override: dict | None = None, tokens: int = 16) -> 
     for key, value in (override or {}).items():
         cfg[key] = value
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    if not (path.parent / "ai_model").exists():      # the model copies (dequantized, re-encoded) are made once
+        (path.parent / "ai_model").symlink_to(ROOT / "ai_model", target_is_directory=True)
     return path
 
 

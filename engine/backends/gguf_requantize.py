@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 import os
 from pathlib import Path
+
+from engine.backends.derived import current, mark
 
 log = logging.getLogger(__name__)
 
@@ -17,10 +18,8 @@ def requantized(src: Path, ftype: str, cache_dir: Path) -> Path:
 
     code = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype.upper()}")
     out = cache_dir / "requantized" / f"{src.stem}.{ftype.upper()}.gguf"
-    stat = src.stat()
-    source = {"path": str(src.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     note = out.with_name(out.name + ".source.json")
-    if out.is_file() and note.is_file() and json.loads(note.read_text(encoding="utf-8")) == source:
+    if out.is_file() and current(note, src):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     log.info("re-encoding %s as %s into %s (once)", src.name, ftype.upper(), out)
@@ -40,5 +39,5 @@ def requantized(src: Path, ftype: str, cache_dir: Path) -> Path:
     finally:
         chatter.setLevel(level)
         tmp.unlink(missing_ok=True)
-    note.write_text(json.dumps(source), encoding="utf-8")
+    mark(note, src)
     return out
