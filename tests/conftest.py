@@ -113,7 +113,10 @@ def start_up_refusal(tmp_path: Path, yaml_text: str) -> str:
     import subprocess
     import sys
 
+    from botproc import share_model_copies
+
     (tmp_path / "bot.yaml").write_text(yaml_text, encoding="utf-8")
+    share_model_copies(tmp_path)
     env = {k: v for k, v in os.environ.items() if k not in ("DISCORD_TOKEN", "TELEGRAM_TOKEN", "MONGO_URI")}
     run = subprocess.run([sys.executable, "-m", "bot", "--config", str(tmp_path / "bot.yaml"), "--data-dir",
                           str(tmp_path / "data"), "--http-port", str(free_port())],
