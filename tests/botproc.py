@@ -14,6 +14,8 @@ import aiohttp
 import psutil
 import yaml
 
+from bench.chaos.botproc import share_model_copies
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -35,14 +37,6 @@ def fast_config(folder: Path, override: dict | None = None) -> Path:
     path.write_text(yaml.safe_dump(merge(cfg, override or {}), allow_unicode=True), encoding="utf-8")
     share_model_copies(folder)
     return path
-
-
-def share_model_copies(folder: Path) -> None:
-    """A bot.yaml in ``folder`` keeps its model copies (dequantized, re-encoded) in ``folder``/ai_model: point
-    that at the repository's, so each test bot does not make them again."""
-    if not (folder / "ai_model").exists():
-        (ROOT / "ai_model").mkdir(exist_ok=True)
-        (folder / "ai_model").symlink_to(ROOT / "ai_model", target_is_directory=True)
 
 
 def bot_env(**extra: str) -> dict[str, str]:

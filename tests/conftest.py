@@ -113,7 +113,7 @@ def start_up_refusal(tmp_path: Path, yaml_text: str) -> str:
     import subprocess
     import sys
 
-    from botproc import share_model_copies
+    from bench.chaos.botproc import share_model_copies
 
     (tmp_path / "bot.yaml").write_text(yaml_text, encoding="utf-8")
     share_model_copies(tmp_path)

@@ -33,9 +33,16 @@ def write_config(path: Path, override: dict | None = None, tokens: int = 16) -> 
     for key, value in (override or {}).items():
         cfg[key] = value
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
-    if not (path.parent / "ai_model").exists():      # the model copies (dequantized, re-encoded) are made once
-        (path.parent / "ai_model").symlink_to(ROOT / "ai_model", target_is_directory=True)
+    share_model_copies(path.parent)
     return path
+
+
+def share_model_copies(folder: Path) -> None:
+    """A bot.yaml in ``folder`` keeps its model copies (dequantized, re-encoded) in ``folder``/ai_model: point
+    that at the repository's, so each bot started here does not make them again."""
+    if not (folder / "ai_model").exists():
+        (ROOT / "ai_model").mkdir(exist_ok=True)
+        (folder / "ai_model").symlink_to(ROOT / "ai_model", target_is_directory=True)
 
 
 def db_processes(data_dir: Path) -> list[psutil.Process]:
