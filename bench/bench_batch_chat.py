@@ -77,12 +77,10 @@ async def _p1(engine, gen, cfg) -> dict:
 
 
 async def _p2(engine) -> dict:
-    one = []
-    for r in range(ROUNDS):
+    one, agg = [], []
+    for r in range(ROUNDS):     # interleaved: drift of the machine's speed moves both figures alike
         n, dt, *_ = await _ask(engine, f"solo-{r}", QUESTIONS[r], TOKENS, system=f"[p2 solo {r}] {SYSTEM}")
         one.append(n / dt)
-    agg = []
-    for r in range(ROUNDS):
         t0 = time.perf_counter()
         results = await asyncio.gather(*(_ask(engine, f"b{r}-{i}", q, TOKENS, system=f"[p2 {r} {i}] {SYSTEM}")
                                          for i, q in enumerate(QUESTIONS)))
