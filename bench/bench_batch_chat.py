@@ -133,7 +133,7 @@ async def _prompt_cache(engine) -> dict:
 
 
 async def _main() -> list[dict]:
-    from bench.bench_core import _engine
+    from bench.bench_core import _engine, settle
     from bot.config import load
     from engine.backends.transformers_backend import TransformersGenerator
     from engine.engine import Engine
@@ -145,12 +145,11 @@ async def _main() -> list[dict]:
     gen = TransformersGenerator(chat_cfg, ROOT, ROOT / "ai_model")
     model = Engine.make_model("chat", chat_cfg, gen)
     engine = _engine({"chat": model, "roleplay": model}, cfg)
-    load0 = os.getloadavg()[0]
+    busy = settle()
     await _ask(engine, "warm", QUESTIONS[0], 8)
     rows = [await _p1(engine, gen, chat_cfg), await _p2(engine), await _p4(engine), await _prompt_cache(engine)]
-    load1 = os.getloadavg()[0]
     for row in rows:
-        row["note"] += f"; load avg {load0:.1f}→{load1:.1f} on {os.cpu_count()} CPUs"
+        row["note"] += f"; {busy:.1f} of {os.cpu_count()} CPUs busy before"
     gen.close()
     return rows
 

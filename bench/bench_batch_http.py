@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from bench.bench_batch_chat import QUESTIONS, _raw_tps
-from bench.bench_core import _raw_llama_tps
+from bench.bench_core import _raw_llama_tps, settle
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-key"
@@ -81,7 +81,6 @@ async def _main(tmp: Path, roles: tuple[str, ...]) -> list[dict]:
     # with it), but for its per-client request rate: this bench starts about 70 requests a minute.
     lifted = {"http": {**cfg.http.model_dump(mode="json"), "per_client_per_minute": 0},
               "limits": {**cfg.limits.model_dump(mode="json"), "requests_per_minute": 0}}
-    load0 = os.getloadavg()[0]
     rp_cfg = cfg.models.roleplay
     # The raw libraries on the weights the bot serves, loaded here and run only between the HTTP requests.
     chat = TransformersGenerator(cfg.models.chat.model_copy(update={"max_batch": 1}), ROOT, ROOT / "ai_model")
@@ -97,6 +96,7 @@ async def _main(tmp: Path, roles: tuple[str, ...]) -> list[dict]:
         sampling = Sampling(TOKENS, 0.0, rp_cfg.top_p, rp_cfg.top_k, rp_cfg.repetition_penalty)
         return _raw_llama_tps(llama, llama_prompt, sampling)[0]
 
+    busy = settle()
     try:
         async with BotProcess(tmp / "bot", override=lifted, tokens=TOKENS) as bot:
             async with AsyncOpenAI(base_url=f"{bot.url}/v1", api_key=bot.api_key, max_retries=0,
@@ -107,7 +107,7 @@ async def _main(tmp: Path, roles: tuple[str, ...]) -> list[dict]:
         llama.close()
         chat.close()
     for row in rows:
-        row["note"] += f"; roleplay n_threads {rp_cfg.n_threads}; load avg {load0:.1f}→{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+        row["note"] += f"; roleplay n_threads {rp_cfg.n_threads}; {busy:.1f} of {os.cpu_count()} CPUs busy before"
     return rows
 
 

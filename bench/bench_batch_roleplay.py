@@ -7,7 +7,7 @@ import statistics
 import time
 from pathlib import Path
 
-from bench.bench_core import PROMPT, _engine, _raw_llama_tps
+from bench.bench_core import PROMPT, _engine, _raw_llama_tps, settle
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUNDS = 3
@@ -147,8 +147,8 @@ async def _main() -> list[dict]:
 
     cfg = load(ROOT / "bot.yaml", environ={"BOT_API_KEY": "bench"}).config
     rp_cfg = cfg.models.roleplay
-    load_before = os.getloadavg()[0]
-    if load_before > (os.cpu_count() or 1):   # busy cores: llama.cpp's spin-waiting threads would measure the noise
+    busy = settle()
+    if busy > 1.0:   # another process holds a core: llama.cpp's spin-waiting threads would measure the noise
         rp_cfg = rp_cfg.model_copy(update={"n_threads": 1})
     path = gguf_file("roleplay", rp_cfg, ROOT, ROOT / "ai_model")
     rows: list[dict] = []
@@ -172,8 +172,7 @@ async def _main() -> list[dict]:
     finally:
         wide.close()
     for row in rows:
-        row["note"] += (f"; load avg {load_before:.1f} → {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs, "
-                        f"n_threads {rp_cfg.n_threads}")
+        row["note"] += f"; {busy:.1f} of {os.cpu_count()} CPUs busy before, n_threads {rp_cfg.n_threads}"
     return rows
 
 

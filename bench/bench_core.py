@@ -15,6 +15,17 @@ TOKENS = 128
 PROMPT = "Tell me a long story about a dragon who learns to bake bread."
 
 
+def settle(max_wait_s: float = 90.0, quiet_below: float = 0.5) -> float:
+    """Wait, at most ``max_wait_s``, until the machine's CPUs are busy less than ``quiet_below`` of one CPU over
+    a second; return the busy CPUs last seen. Not the load average: it lags by a minute, so right after another
+    bench (``make bench`` runs them back to back) it still reads about 2 on an idle 2-core machine."""
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        busy = psutil.cpu_percent(interval=1.0) / 100 * (psutil.cpu_count() or 1)
+        if busy < quiet_below or time.monotonic() >= deadline:
+            return busy
+
+
 def _engine(models: dict, cfg):
     from engine.cards import CharacterRegistry
     from engine.engine import Engine
