@@ -137,10 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg, base_dir = chat_model_of(args.config, args.model)
         texts = calibration_texts(args.dataset, args.samples)
-        from engine.backends.hf_loading import dequantized_copy, model_source
+        from engine.backends.hf_loading import readable_source
 
-        src, gguf = model_source(cfg, base_dir)
-        model_dir = dequantized_copy(src, gguf, base_dir / "ai_model") if gguf else Path(src)
+        model_dir = Path(readable_source(cfg, base_dir, base_dir / "ai_model"))
         if not (model_dir / "config.json").is_file():
             raise ValueError(f"{model_dir}: not a model folder (no config.json); pass a local folder or .gguf")
         group_size = pick_group_size(layer_widths(model_dir), args.group_size)

@@ -39,6 +39,12 @@ def model_file(cfg: TransformersModel, base_dir: Path) -> Path | None:
     return Path(src) / gguf if gguf else None
 
 
+def readable_source(cfg: TransformersModel, base_dir: Path, cache_dir: Path) -> str:
+    """The folder or HF id transformers reads for ``cfg``: a GGUF's dequantized copy in its place."""
+    src, gguf = model_source(cfg, base_dir)
+    return str(dequantized_copy(src, gguf, cache_dir)) if gguf else src
+
+
 def dequantized_copy(src: str, gguf: str, cache_dir: Path) -> Path:
     """A GGUF's weights and tokenizer as a plain model folder, made once and reused while the GGUF is unchanged.
 

@@ -25,10 +25,9 @@ def load_tokenizer(cfg: TransformersModel, base_dir: Path):
     """The chat model's tokenizer alone (dataset checks need no weights)."""
     from transformers import AutoTokenizer
 
-    from engine.backends.hf_loading import dequantized_copy, model_source
+    from engine.backends.hf_loading import readable_source
 
-    src, gguf = model_source(cfg, base_dir)
-    return AutoTokenizer.from_pretrained(dequantized_copy(src, gguf, base_dir / "ai_model") if gguf else src)
+    return AutoTokenizer.from_pretrained(readable_source(cfg, base_dir, base_dir / "ai_model"))
 
 
 def with_system(messages: tuple[Message, ...] | list[Message], system_prompt: str) -> list[Message]:
