@@ -50,10 +50,13 @@ CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	apt-get update -qq && apt-get install -y -qq chromium chromium-driver
 
+# The models' local copies (ai_model/dequantized, ai_model/requantized) are made here once, not inside a test.
 test: setup $(CHROMIUM)
+	$(VPY) -m bot prepare
 	$(VPY) -m pytest -q tests
 
 bench: setup
+	$(VPY) -m bot prepare
 	$(VPY) -m bench
 
 # Faults and fuzz against a real `python -m bot` (one table; exits 1 on any lost/twice/5xx). `CHAOS_ARGS=--short`.

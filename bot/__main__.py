@@ -1,4 +1,4 @@
-"""Command line: python -m bot [--config F] [--data-dir D] [--http-host H] [--http-port P]; python -m bot chat …"""
+"""Command line: python -m bot [--config F] [--data-dir D] [--http-host H] [--http-port P]; python -m bot chat|prepare."""
 from __future__ import annotations
 
 import argparse
@@ -54,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         from bot.terminal import main as chat_main
 
         return chat_main(argv[1:])
+    if argv[:1] == ["prepare"]:
+        from bot.prepare import main as prepare_main
+
+        return prepare_main(argv[1:])
     args = parse_args(argv)
     try:
         loaded = load(args.config)

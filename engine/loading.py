@@ -64,6 +64,33 @@ def gguf_file(role: str, cfg: LlamaCppModel, base_dir: Path, cache_dir: Path) ->
     return requantized(path, cfg.requantize, cache_dir)
 
 
+def _check_model_file(role: str, cfg: TransformersModel, base_dir: Path) -> None:
+    from engine.backends.hf_loading import model_file
+
+    path = model_file(cfg, base_dir)
+    if path is not None and not path.is_file():
+        raise ModelLoadError(f"models.{role}.model: no such file: {path}")
+    check_sha256(role, path, cfg.sha256)
+
+
+def prepare_copy(role: str, cfg, base_dir: Path, cache_dir: Path) -> str | None:
+    """Make the local copy a model is served from (a re-encoded GGUF, a GGUF's dequantized folder) if it is
+    missing or stale; what the backend will read, or None for a remote model."""
+    try:
+        if isinstance(cfg, LlamaCppModel):
+            return str(gguf_file(role, cfg, base_dir, cache_dir))
+        if isinstance(cfg, TransformersModel):
+            from engine.backends.hf_loading import readable_source
+
+            _check_model_file(role, cfg, base_dir)
+            return readable_source(cfg, base_dir, cache_dir)
+    except ModelLoadError:
+        raise
+    except Exception as e:  # noqa: BLE001 - one line that names the model
+        raise ModelLoadError(f"models.{role}: cannot prepare: {e}") from e
+    return None
+
+
 def load_backend(role: str, cfg, base_dir: Path, cache_dir: Path,
                  env: Mapping[str, str] | None = None) -> TextGenerator:
     """Load one model (blocking; call it in a thread); ``env`` holds secrets such as a server's API key."""
@@ -73,14 +100,10 @@ def load_backend(role: str, cfg, base_dir: Path, cache_dir: Path,
 
             return make_llamacpp(cfg, gguf_file(role, cfg, base_dir, cache_dir))
         if isinstance(cfg, TransformersModel):
-            from engine.backends.hf_loading import model_file
             from engine.backends.transformers_backend import TransformersGenerator
 
             check_device(role, cfg.device)
-            path = model_file(cfg, base_dir)
-            if path is not None and not path.is_file():
-                raise ModelLoadError(f"models.{role}.model: no such file: {path}")
-            check_sha256(role, path, cfg.sha256)
+            _check_model_file(role, cfg, base_dir)
             return TransformersGenerator(cfg, base_dir, cache_dir)
         if isinstance(cfg, OpenAIModel):
             from engine.backends.openai_backend import OpenAIGenerator

@@ -209,12 +209,14 @@ def test_an_adapter_still_applies_in_a_batch(gen, tmp_path):
         prompts = [prompt(gen, q) for q in QUESTIONS[:4]]
         unbatched = [run_one(adapted, p, unbatched=True).text for p in prompts]
         batched = [j.text for j in run_all([Job(adapted, p) for p in prompts])]
-        base = [j.text for j in run_all([Job(gen, p) for p in prompts])]
+        # 8 tokens of the base model are enough to tell (a random LoRA changes the first words).
+        short = Sampling(max_new_tokens=8, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0)
+        base = [j.text for j in run_all([Job(gen, p, short) for p in prompts])]
     finally:
         adapted.close()
     assert sum(b != u for b, u in zip(batched, unbatched)) <= 1, (batched, unbatched)
     assert all(b.startswith(first_tokens(gen, u, 32)) for b, u in zip(batched, unbatched))
-    assert all(b != a for b, a in zip(base, batched)), "the adapter changed nothing"
+    assert all(not a.startswith(b) for b, a in zip(base, batched)), ("the adapter changed nothing", base, batched)
 
 
 def test_a_plain_forward_works_while_the_loop_is_alive(gen):

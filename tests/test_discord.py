@@ -17,7 +17,9 @@ INDICATOR = " ▌"
 
 
 def loaded_for(fake: FakeDiscord, **discord) -> Loaded:
-    cfg = {"api_base_url": fake.api_base_url, "gateway_url": fake.gateway_url, "edit_interval_s": 0.1, **discord}
+    # 0.5 s between edits: a short reply fits in Discord's 5 writes per 5 s of a channel. At 0.1 s each reply
+    # spent its 5 writes in its first half-second and its final text waited ~5 s for the window.
+    cfg = {"api_base_url": fake.api_base_url, "gateway_url": fake.gateway_url, "edit_interval_s": 0.5, **discord}
     return Loaded(config=make_config({"discord": cfg}), secrets=secrets(DISCORD_TOKEN="test-token"),
                   path=ROOT / "bot.yaml")
 
@@ -152,7 +154,9 @@ async def test_a_429_is_waited_out_and_no_text_is_dropped(engine):
 
 async def test_a_channel_limit_with_headers_gets_no_429(engine):
     eng = scripted_engine(engine, LONG[:1500], delay=0.02)
-    async with running(eng, {"channel_limit": (5, 2.0)}, channel_edits=5, channel_edit_window_s=2.0) as (fake, s):
+    # Edits every 0.1 s from 3 replies: far past 5 per 2 s unless the pacer holds them back.
+    async with running(eng, {"channel_limit": (5, 2.0)}, channel_edits=5, channel_edit_window_s=2.0,
+                       edit_interval_s=0.1) as (fake, s):
         inters = [await fake.slash("chat", [opt("message", "go")], user_id=310 + i) for i in range(3)]
         await finished(fake, s, n=3, timeout=90)
         for inter in inters:

@@ -281,9 +281,9 @@ def test_training_teaches_facts_the_base_model_does_not_know(chat_cfg, base, tmp
     data = jsonl(tmp_path / "facts.jsonl", [{"question": q, "answer": a} for q, a in FACTS])
     out = tmp_path / "adapters" / "facts"
     model, tok = fresh(base)
-    opts = TrainOptions(max_steps=20, batch_size=4, lr=3e-3, save_every=20)
+    opts = TrainOptions(max_steps=10, batch_size=4, lr=5e-3, save_every=10)    # eval loss ~0.002
     result = train(model, tok, chat_cfg, opts, data, out, progress=False, echo=lambda s: None)
-    assert result.steps == 20 and result.eval_on == "train"
+    assert result.steps == 10 and result.eval_on == "train"
     assert result.eval_loss < 0.1, result
     assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
     assert read_adapter_config(out)["base_model_name_or_path"] == chat_cfg.model
@@ -296,7 +296,8 @@ def test_training_teaches_facts_the_base_model_does_not_know(chat_cfg, base, tmp
     taught = recall(served, tok, served_cfg, pairs, seed=1)
     assert taught.hits == len(FACTS), taught.misses
     with served.disable_adapter():
-        base = recall(served, tok, served_cfg, pairs, seed=1)
+        # 24 tokens hold the base model's answer sentence (it rambles on to 64 otherwise: 19 s instead of 8)
+        base = recall(served, tok, served_cfg, pairs, seed=1, max_new_tokens=24)
     assert base.hits == 0, base
 
     # The same folder, claimed for another base model or with other shapes, is refused by name.
@@ -363,32 +364,32 @@ def torch_allclose(x, y) -> bool:
 
 @pytest.mark.timeout(600)
 def test_cli_training_options_write_a_step_log_and_a_loss_plot(tmp_path):
-    """--max-steps 10 with the older servers' options: a JSONL row per step, the eval loss, a PNG of the curve."""
+    """--max-steps 6 with the older servers' options: a JSONL row per step, the eval loss, a PNG of the curve."""
     from PIL import Image
 
     data = jsonl(tmp_path / "d.jsonl", [{"question": q, "answer": a} for q, a in FACTS[:2]])
     out, logs = tmp_path / "adapter", tmp_path / "logs"
     run = subprocess.run(
         [sys.executable, "-m", "engine.finetune", "--dataset", str(data), "--out", str(out), "--config",
-         str(REPO / "bot.yaml"), "--max-steps", "10", "--warmup-steps", "2", "--weight-decay", "0.01",
-         "--lr-scheduler", "linear", "--save-steps", "5", "--logging-dir", str(logs), "--plot",
+         str(REPO / "bot.yaml"), "--max-steps", "6", "--warmup-steps", "2", "--weight-decay", "0.01",
+         "--lr-scheduler", "linear", "--save-steps", "3", "--logging-dir", str(logs), "--plot",
          "--batch-size", "2", "--threads", "1", "--no-progress"],
         cwd=REPO, capture_output=True, text=True, timeout=540)
     assert run.returncode == 0, run.stderr[-2000:]
     rows = [json.loads(line) for line in (logs / "train_log.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "loss" in r]
-    assert [r["step"] for r in steps] == list(range(1, 11))
+    assert [r["step"] for r in steps] == list(range(1, 7))
     assert all(r["loss"] > 0 and r["tokens_per_s"] > 0 for r in steps)
     lrs = [r["learning_rate"] for r in steps]
-    assert lrs[0] < lrs[1] < lrs[2] == pytest.approx(3e-3) and lrs[2] > lrs[9]       # warm-up, then linear decay
+    assert lrs[0] < lrs[1] < lrs[2] == pytest.approx(3e-3) and lrs[2] > lrs[5]       # warm-up, then linear decay
     assert steps[-1]["loss"] < steps[0]["loss"]
-    assert rows[-1]["step"] == 10 and rows[-1]["eval_loss"] > 0 and "loss" not in rows[-1]
+    assert rows[-1]["step"] == 6 and rows[-1]["eval_loss"] > 0 and "loss" not in rows[-1]
     png = out / "loss.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(png) as img:
         img.verify()
         assert img.format == "PNG" and img.size[0] >= 300 and img.size[1] >= 200
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000005", "step-000010"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000003", "step-000006"]
     meta = json.loads((out / "llmbot_adapter.json").read_text())
     assert meta["options"]["weight_decay"] == 0.01 and meta["options"]["lr_scheduler"] == "linear"
     assert f"loss curve: {png}" in run.stdout

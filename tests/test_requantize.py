@@ -42,3 +42,33 @@ def test_the_shipped_config_serves_a_q8_0_copy_of_the_q4_1_gguf(tmp_path):
     assert gguf_file("roleplay", plain, ROOT, cache) == src
     with pytest.raises(ModelLoadError, match="refusing to start with a different model file"):
         gguf_file("roleplay", cfg.model_copy(update={"sha256": "0" * 64}), ROOT, cache)   # checked on the source
+
+
+def _prepare(config_path):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "bot", "prepare", "--config", str(config_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_prepare_makes_the_copy_before_the_first_start_and_names_a_missing_file(tmp_path):
+    import yaml
+
+    data = yaml.safe_load((ROOT / "bot.yaml").read_text(encoding="utf-8"))
+    data["models"]["chat"] = {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "remote"}
+    cfg_file = tmp_path / "bot.yaml"
+    cfg_file.write_text(yaml.safe_dump(data), encoding="utf-8")
+    run = _prepare(cfg_file)
+    assert run.returncode == 0, run.stderr
+    made = tmp_path / "ai_model" / "requantized" / "SmolLM2-135M-Instruct.Q4_1.Q8_0.gguf"
+    assert file_type(made) == MOSTLY_Q8_0
+    assert run.stdout.splitlines() == ["chat: remote, nothing to prepare", f"roleplay: {made}"]
+    stamp = made.stat().st_mtime_ns
+    assert _prepare(cfg_file).returncode == 0 and made.stat().st_mtime_ns == stamp     # current: kept
+
+    data["models"]["roleplay"]["model_path"] = str(tmp_path / "missing.gguf")
+    cfg_file.write_text(yaml.safe_dump(data), encoding="utf-8")
+    run = _prepare(cfg_file)
+    assert run.returncode == 3 and run.stderr.strip() == (
+        f"model error: models.roleplay.model_path: no such file: {tmp_path / 'missing.gguf'}")
