@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Protocol
 
+from engine.backends.torch_threads import in_own_thread
 from engine.loading import ModelLoadError
 from engine.settings import Level, MaxTokens, resolve_model_path
 
@@ -49,12 +50,12 @@ class ZeroShotClassifier:
         from transformers import pipeline
 
         self.labels = dict(labels)
-        self.pipe = pipeline("zero-shot-classification", model=str(model_dir), device=device)
+        self.pipe = in_own_thread(pipeline, "zero-shot-classification", model=str(model_dir), device=device)
         self.fallback = HeuristicClassifier()
 
     def classify(self, text: str) -> Level:
         try:
-            result = self.pipe(text[:1000], candidate_labels=list(self.labels))
+            result = in_own_thread(self.pipe, text[:1000], candidate_labels=list(self.labels))
             return self.labels[result["labels"][0]]
         except Exception:  # noqa: BLE001 - a classifier failure must not fail the reply
             log.exception("zero-shot classifier failed; using the heuristic")

@@ -231,3 +231,37 @@ def test_a_plain_forward_works_while_the_loop_is_alive(gen):
     job.thread.join(120)
     assert out.shape[1] == ids.shape[1] + 8 or gen.tokenizer.eos_token_id in out[0, ids.shape[1]:].tolist()
     assert job.finish.tokens > 0
+
+
+def test_torch_work_outside_the_loop_leaves_no_thread_team_behind(gen):
+    """A long-lived worker thread that ran torch would keep an OpenMP team alive, and with more of them than CPUs
+    every team stops spinning and the batch loop's steps slow down (README: Chat model batching)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    def tasks() -> int:
+        """Threads of this process, once a finished thread's team has had 2 s to exit (it does so after it)."""
+        deadline = time.monotonic() + 2.0
+        while len(os.listdir("/proc/self/task")) != before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return len(os.listdir("/proc/self/task"))
+
+    def unbatched():
+        return gen.generate_unbatched(prompt(gen, QUESTIONS[0]), Sampling(4, 0.0, 1.0, 0, 1.0), threading.Event(),
+                                      lambda _piece: None)
+
+    def raw_matmul():
+        a, b = torch.randn(512, 576), torch.randn(576, 1536)
+        for _ in range(20):
+            a @ b
+
+    with ThreadPoolExecutor(1) as pool:          # like the engine's generation workers
+        pool.submit(unbatched).result()
+        time.sleep(0.5)
+        before = len(os.listdir("/proc/self/task"))
+        assert pool.submit(unbatched).result().tokens > 0
+        assert tasks() == before
+        pool.submit(raw_matmul).result()          # what the engine must not do: the team stays
+        assert tasks() > before

@@ -5,6 +5,7 @@ import threading
 from dataclasses import dataclass
 
 from engine.backends.base import Emit, Finish, Sampling
+from engine.backends.torch_threads import in_own_thread
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,8 @@ class BeamSearch:
 
     def generate(self, prompt: str, sampling: Sampling, cancel: threading.Event, emit: Emit) -> Finish:
         b = self.backend
-        text, tokens, prompt_tokens = beam_text(b.model, b.tokenizer, b.device, prompt, self.beams, sampling, cancel)
+        text, tokens, prompt_tokens = in_own_thread(beam_text, b.model, b.tokenizer, b.device, prompt, self.beams,
+                                                    sampling, cancel)
         if text:
             emit(text)
         reason = "cancelled" if cancel.is_set() else ("length" if tokens >= sampling.max_new_tokens else "stop")

@@ -8,6 +8,7 @@ from pathlib import Path
 from engine.backends.base import BatchStats, Emit, Finish, Sampling
 from engine.backends.hf_loading import adapter_info, load_causal_lm, model_source
 from engine.backends.hf_text import IncrementalDecoder
+from engine.backends.torch_threads import in_own_thread
 from engine.settings import TransformersModel
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ class TransformersGenerator:
 
         self.cfg = cfg
         self.torch = torch
-        self.model, self.tokenizer = load_causal_lm(cfg, base_dir, cache_dir)
+        self.model, self.tokenizer = in_own_thread(load_causal_lm, cfg, base_dir, cache_dir)
         self.n_ctx = cfg.n_ctx
         self.source = model_source(cfg, base_dir)
         self.device = next(self.model.parameters()).device
@@ -100,21 +101,25 @@ class TransformersGenerator:
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         greedy = sampling.temperature <= 0
-        with torch.inference_mode():
-            out = self.model.generate(
-                **inputs,
-                max_new_tokens=sampling.max_new_tokens,
-                do_sample=not greedy,
-                temperature=None if greedy else sampling.temperature,
-                top_p=None if greedy else sampling.top_p,
-                top_k=None if greedy else (sampling.top_k or None),
-                repetition_penalty=sampling.repetition_penalty,
-                # No stop_strings here: building transformers' stop tables costs more than the first token;
-                # the engine's streaming cleaner finds stop strings and cancels within one token.
-                streamer=Streamer(),
-                stopping_criteria=StoppingCriteriaList([Cancelled()]),
-                pad_token_id=self.tokenizer.pad_token_id,
-            )
+
+        def run():
+            with torch.inference_mode():       # thread-local: entered in the thread that runs generate()
+                return self.model.generate(
+                    **inputs,
+                    max_new_tokens=sampling.max_new_tokens,
+                    do_sample=not greedy,
+                    temperature=None if greedy else sampling.temperature,
+                    top_p=None if greedy else sampling.top_p,
+                    top_k=None if greedy else (sampling.top_k or None),
+                    repetition_penalty=sampling.repetition_penalty,
+                    # No stop_strings here: building transformers' stop tables costs more than the first token;
+                    # the engine's streaming cleaner finds stop strings and cancels within one token.
+                    streamer=Streamer(),
+                    stopping_criteria=StoppingCriteriaList([Cancelled()]),
+                    pad_token_id=self.tokenizer.pad_token_id,
+                )
+
+        out = in_own_thread(run)
         new = out.shape[1] - prompt_len
         reason = "cancelled" if cancel.is_set() else ("length" if new >= sampling.max_new_tokens else "stop")
         return Finish(tokens=new, prompt_tokens=prompt_len, reason=reason)
