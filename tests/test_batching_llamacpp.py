@@ -247,3 +247,47 @@ async def test_model_queue_runs_a_batch_refuses_beyond_the_queue_and_times_out(g
         assert quick.running == 0 and gen.batch_stats().running == 0
     finally:
         quick.close()
+
+
+def test_greedy_picks_what_llama_cpps_penalties_and_greedy_chain_picks():
+    """Greedy replies skip the sampler chain (_greedy reads the logits in place); on random logits with
+    repeated, negative and tied values its token is the chain's, for every penalty and history length."""
+    import llama_cpp as C
+    import numpy as np
+
+    from engine.backends.llamacpp_slots import PENALTY_LAST_N, _Request
+
+    rng = np.random.default_rng(0)
+    n_vocab = 5000
+    picks = set()
+    for trial in range(80):
+        penalty = [1.0, 1.1, 1.21, 1.5, 0.8][trial % 5]
+        history = rng.integers(0, 60, size=int(rng.integers(1, 150))).tolist()
+        # The top token was picked once, as long ago as the 64-token window still reaches (or just beyond it).
+        back = min(len(history), 64 + trial % 2)
+        history[-back] = top = 100 + trial
+        logits = rng.normal(0, 2, n_vocab).astype(np.float32)
+        logits[top] = logits.max() + 0.1
+        logits[rng.integers(0, 60, 5)] = logits[top]            # ties between penalized and other tokens
+        if trial % 3 == 0:
+            logits -= logits.max() + 1.0                        # all negative: the penalty multiplies
+
+        chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+        C.llama_sampler_chain_add(chain, C.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, penalty, 0.0, 0.0))
+        C.llama_sampler_chain_add(chain, C.llama_sampler_init_greedy())
+        for tok in history:
+            C.llama_sampler_accept(chain, tok)
+        data = (C.llama_token_data * n_vocab)(*[C.llama_token_data(i, float(x), 0.0) for i, x in enumerate(logits)])
+        cur = C.llama_token_data_array(data=data, size=n_vocab, selected=-1, sorted=False)
+        C.llama_sampler_apply(chain, ctypes.byref(cur))
+        expected = data[cur.selected].id
+        C.llama_sampler_free(chain)
+
+        req = _Request(tokens=[1], sampling=Sampling(8, 0.0, 1.0, 0, penalty), cancel=threading.Event(),
+                       emit=lambda _t: None, finish=Finish())
+        req.recent.extend(history)
+        row = logits.copy()
+        assert LlamaCppSlots._greedy(req, row) == expected, (trial, penalty, len(history))
+        assert np.array_equal(row, logits)                      # the logits are left as they were
+        picks.add(expected == top)
+    assert picks == {True, False}                               # both outcomes were put to the test
