@@ -340,8 +340,8 @@ class LlamaCppSlots(LlamaText):
     @staticmethod
     def _greedy(req: _Request, row) -> int:
         """The sampler chain's penalties-then-greedy on a row of logits, in numpy: the chain copies all
-        49,152 candidates for every token (8 replies: 2.7 of a 35 ms step, most of it waiting for the GIL
-        back after each call); this reads them in place. Same rule: a token among the last 64 picked has its
+        49,152 candidates for every token and each call must win the GIL back (8 replies: 2.7 of a 35 ms
+        step); this reads them in place. Same rule: a token among the last 64 picked has its
         logit multiplied by the penalty if <= 0, else divided; the first highest wins."""
         penalty = req.sampling.repetition_penalty
         if penalty == 1.0 or not req.recent:
