@@ -308,16 +308,12 @@ class LlamaCppSlots(LlamaText):
             raise RuntimeError(f"llama_decode returned {rc} for {len(entries)} tokens")
         for s, n in collections.Counter(s for s, _, logits in entries[n_decode:]).items():
             del s.req.todo[:n]
-        rows = None
-        out = 0                # the logits of the entries that asked for them, in batch order
-        for i, (s, _, logits) in enumerate(entries):
-            if not logits:
-                continue
-            if s.req.sampler is None and rows is None:
-                n_out = sum(1 for *_, wanted in entries if wanted)
-                rows = np.ctypeslib.as_array(C.llama_get_logits(self._ctx), shape=(n_out, self._n_vocab))
+        asked = [(i, s) for i, (s, _, logits) in enumerate(entries) if logits]
+        rows = None            # llama.cpp keeps the logits of the entries that asked, in batch order
+        if any(s.req.sampler is None for _, s in asked):
+            rows = np.ctypeslib.as_array(C.llama_get_logits(self._ctx), shape=(len(asked), self._n_vocab))
+        for out, (i, s) in enumerate(asked):
             self._sample(s, i, rows[out] if s.req.sampler is None else None)
-            out += 1
 
     def _sample(self, s: _Slot, index: int, row) -> None:
         C, req = self.lib, s.req
