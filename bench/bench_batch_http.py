@@ -82,8 +82,7 @@ async def _main(tmp: Path, roles: tuple[str, ...]) -> list[dict]:
     cfg = load(ROOT / "bot.yaml", environ={"BOT_API_KEY": KEY}).config
     # The shipped bot.yaml, as `python -m bot` in its own process (the client here shares no event loop or GIL
     # with it), but for its per-client request rate: this bench starts about 70 requests a minute.
-    lifted = {"http": {**cfg.http.model_dump(mode="json"), "per_client_per_minute": 0},
-              "limits": {**cfg.limits.model_dump(mode="json"), "requests_per_minute": 0}}
+    lifted = {"http": {"per_client_per_minute": 0}, "limits": {"requests_per_minute": 0}}
     rp_cfg = cfg.models.roleplay
     # The raw libraries on the weights the bot serves, loaded here and run only between the HTTP requests.
     chat = TransformersGenerator(cfg.models.chat.model_copy(update={"max_batch": 1}), ROOT, ROOT / "ai_model")

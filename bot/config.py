@@ -41,7 +41,7 @@ class HttpConfig(Strict):
     max_system_chars: int = Field(4000, ge=1)    # instruction.command, /v1 system messages
     max_context_chars: int = Field(8000, ge=1)   # /Lumimaid_stream context and greeting
     max_history_chars: int = Field(16000, ge=1)  # /chatweb history and /v1 earlier messages, all together
-    header_timeout_s: float = Field(10.0, gt=0, le=3600)   # to send the request line and headers; also keep-alive idle
+    header_timeout_s: float = Field(10.0, gt=0, le=3600)   # request line and headers; keep-alive idle; read-on after a 408
     body_timeout_s: float = Field(15.0, gt=0, le=3600)     # to send the whole body once the headers are in, else 408
     max_header_bytes: int = Field(8190, ge=1024)
     max_queue_wait_s: float = Field(10.0, gt=0)  # longest wait for a busy model before a 503 "busy" answer

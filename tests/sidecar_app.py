@@ -110,7 +110,7 @@ class LlamaServer:
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
-            try:
-                self.proc.wait(10)
+            try:   # uvicorn waits for a reply still streaming to a client that left (10 s in some runs)
+                self.proc.wait(3)
             except subprocess.TimeoutExpired:
                 self.kill()

@@ -176,11 +176,19 @@ async def test_slow_and_half_sent_requests_are_answered_in_time(engine):
             status, _, _, seconds = await raw(port, data)
             assert status is None and seconds < 5
         # A body that stops coming: 408 in JSON.
-        status, headers, body, seconds = await raw(
-            port, b"POST /Llama_stream HTTP/1.1\r\nHost: x\r\nX-API-Key: " + API_KEY.encode()
-            + b"\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"input")
+        half_sent = (b"POST /Llama_stream HTTP/1.1\r\nHost: x\r\nX-API-Key: " + API_KEY.encode()
+                     + b"\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"input")
+        status, headers, body, seconds = await raw(port, half_sent)
         assert_json_error(status, headers, body, 408)
         assert seconds < 5
+        # The server reads on after its 408 (so the client sees it, not a reset), for the header timeout at
+        # most: then the connection is closed (aiohttp's own read-on is 10 s).
+        t0 = time.monotonic()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(half_sent)
+        got = await asyncio.wait_for(reader.read(-1), 20)       # all it sends, until it closes
+        writer.close()
+        assert got.startswith(b"HTTP/1.1 408") and time.monotonic() - t0 < 4.5, (got[:40], time.monotonic() - t0)
 
 
 # defect 10: no internal detail -------------------------------------------------------------------------

@@ -25,13 +25,14 @@ def free_port() -> int:
 
 
 def write_config(path: Path, override: dict | None = None, tokens: int = 16) -> Path:
-    """bot.yaml as shipped, with short replies (``tokens``) so thousands of requests finish in minutes."""
+    """bot.yaml as shipped, with short replies (``tokens``) so thousands of requests finish in minutes, and the
+    keys of ``override``'s sections in place of the shipped ones."""
     cfg = yaml.safe_load((ROOT / "bot.yaml").read_text(encoding="utf-8"))
     for role in ("chat", "roleplay"):
         cfg["models"][role]["max_new_tokens"] = {"policy": "fixed", "fixed": tokens}
     cfg["cards"]["directory"] = str(ROOT / "cards")
-    for key, value in (override or {}).items():
-        cfg[key] = value
+    for key, value in (override or {}).items():   # a section's keys replace the shipped ones; the rest stay
+        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and isinstance(cfg.get(key), dict) else value
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
     share_model_copies(path.parent)
     return path

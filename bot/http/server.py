@@ -137,9 +137,12 @@ class HttpServer:
         # A client that disconnects cancels its handler, which cancels its generation. aiohttp closes a
         # connection that sends no complete request head within keepalive_timeout (slowloris). Its own
         # shutdown wait is only a backstop: it waits once more after cancelling and its cancel does not
-        # reach a streaming handler.
+        # reach a streaming handler. After an answer to a request whose body never all came (408, 413),
+        # aiohttp reads on so the client sees the answer rather than a reset; a client that stops sending
+        # is held that long at most, as before its request.
         self.runner = _Runner(self.app, handler_cancellation=True, access_log=None,
                               shutdown_timeout=shutdown_timeout_s + 5, keepalive_timeout=http.header_timeout_s,
+                              lingering_time=http.header_timeout_s,
                               max_line_size=http.max_header_bytes, max_field_size=http.max_header_bytes)
 
     async def start(self) -> None:
