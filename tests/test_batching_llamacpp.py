@@ -159,6 +159,31 @@ def test_a_request_with_unusable_sampling_fails_alone_and_the_model_serves_on(ge
     assert ok.finish.reason in ("stop", "length") and ok.text.strip()
 
 
+def test_an_unexpected_error_in_a_step_fails_its_reply_and_the_model_serves_on(gen, monkeypatch):
+    """A fault outside llama_decode (here: placing a reply in a slot) must not end the model for the process."""
+    text = prompt(gen, "Say hello.")
+    real, calls = gen._assign, []
+
+    def assign_failing_once(req):
+        calls.append(req)
+        if len(calls) == 1:
+            raise RuntimeError("injected fault")
+        return real(req)
+
+    monkeypatch.setattr(gen, "_assign", assign_failing_once)
+    pool = ThreadPoolExecutor(1)
+    try:     # bounded waits: a request lost between the queue and a slot would wait forever
+        failed = pool.submit(run_one, gen, text)
+        with pytest.raises(RuntimeError, match="injected fault"):
+            failed.result(timeout=60)
+        ok = pool.submit(run_one, gen, text).result(timeout=120)
+    finally:
+        for req in calls:
+            req.done.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+    assert ok.finish.reason in ("stop", "length") and ok.text.strip() and len(calls) == 2
+
+
 def test_two_users_share_a_cards_prefix(gen):
     card = "You are Oda, an innkeeper of the Green Lantern. " + "Travellers bring news from the mountain passes. " * 20
     a = run_one(gen, prompt(gen, "Good evening! A room, please.", system=card))

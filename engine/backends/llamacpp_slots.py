@@ -174,8 +174,14 @@ class LlamaCppSlots(LlamaText):
     def _loop(self) -> None:
         try:
             while self._wait_for_work():
-                self._step()
-        except Exception as e:  # noqa: BLE001 - a dead loop must fail every waiting call, not hang it
+                try:
+                    self._step()
+                except Exception as e:  # noqa: BLE001 - the replies in hand fail; the model serves the next ones
+                    log.exception("llama.cpp step failed")
+                    self._fail_all(RuntimeError(f"decode step failed: {e}"))
+                    for s in self._slots:       # what the failed step left in the cells is unknown
+                        self._evict(s)
+        except Exception as e:  # noqa: BLE001 - the context itself failed: fail every waiting call, not hang it
             log.exception("llama.cpp decode loop failed")
             with self._wake:
                 self._closed = True
@@ -227,14 +233,16 @@ class LlamaCppSlots(LlamaText):
                 req.finish.reason = "cancelled"
                 req.done.set()
             while self._pending and len(self._running()) < self.cfg.max_batch:
-                req = self._pending.popleft()
+                req = self._pending[0]
                 try:
                     req.sampler = self._sampler(req.sampling)
                 except Exception as e:  # noqa: BLE001 - one request's bad sampling fails that request, not the model
+                    self._pending.popleft()
                     req.error = e
                     req.done.set()
                     continue
-                self._assign(req)
+                self._assign(req)       # should it fail, the request is still pending: _loop fails it
+                self._pending.popleft()
 
     def _assign(self, req: _Request) -> None:
         """Give ``req`` a sequence that already holds as much of its prompt as any slot does."""
@@ -404,9 +412,10 @@ class LlamaCppSlots(LlamaText):
             self._pending.clear()
         for s in self._running():
             waiting.append(s.req)
-            if s.req.sampler is not None:
-                self.lib.llama_sampler_free(s.req.sampler)
             s.req = None
         for req in waiting:
+            if req.sampler is not None:
+                self.lib.llama_sampler_free(req.sampler)
+                req.sampler = None
             req.error = error
             req.done.set()
