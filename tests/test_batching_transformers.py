@@ -219,6 +219,35 @@ def test_an_adapter_still_applies_in_a_batch(gen, tmp_path):
     assert all(not a.startswith(b) for b, a in zip(base, batched)), ("the adapter changed nothing", base, batched)
 
 
+def test_an_unexpected_error_in_a_step_fails_its_request_and_the_loop_serves_on(gen, monkeypatch):
+    """A fault outside the model's forward (here: making room in the prompt cache on admission) fails the
+    requests in hand; the loop thread lives on for the next ones."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    loop, calls = gen.batch, []
+    real = loop.prefix.evict_to
+
+    def evict_failing_once(tokens):
+        calls.append(tokens)
+        if len(calls) == 1:
+            raise RuntimeError("injected fault")
+        return real(tokens)
+
+    monkeypatch.setattr(loop.prefix, "evict_to", evict_failing_once)
+    short = Sampling(max_new_tokens=4, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0)
+    text = prompt(gen, QUESTIONS[0])
+    pieces: list[str] = []
+    pool = ThreadPoolExecutor(1)
+    try:     # bounded waits: a request whose loop died would wait forever
+        failed = pool.submit(gen.generate, text, short, threading.Event(), pieces.append)
+        with pytest.raises(RuntimeError, match="injected fault"):
+            failed.result(timeout=60)
+        ok = pool.submit(gen.generate, text, short, threading.Event(), pieces.append).result(timeout=120)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    assert ok.reason == "length" and "".join(pieces).strip() and len(calls) >= 2
+
+
 def test_a_plain_forward_works_while_the_loop_is_alive(gen):
     """Beam search, the classifier and fine-tuning call the model directly; the loop must not break that."""
     import torch

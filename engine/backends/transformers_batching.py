@@ -123,13 +123,13 @@ class BatchLoop:
 
     def _run(self) -> None:
         while True:
-            with self._cv:
-                while not (self._incoming or self._prefilling or self._rows or self._closed):
-                    self._cv.wait()
-                if self._closed:
-                    break
-                self._admit()
             try:
+                with self._cv:
+                    while not (self._incoming or self._prefilling or self._rows or self._closed):
+                        self._cv.wait()
+                    if self._closed:
+                        break
+                    self._admit()
                 with self.torch.inference_mode():
                     self._prefill_step()
                     self._decode_step()
@@ -308,3 +308,5 @@ class BatchLoop:
         self._fail(list(self._prefilling) + self._rows, error)
         self._prefilling.clear()
         self._rows, self._cache, self._mask = [], None, None
+        if self.prefix is not None:     # what the failed step left there is unknown (and an OOM wants it freed)
+            self.prefix.clear()
