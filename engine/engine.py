@@ -626,10 +626,22 @@ class Engine:
         return parts
 
     def _greeting(self, card, turn: Turn) -> str:
+        # A client that keeps the history itself is greeted the same way every turn (one choice per user);
+        # a stored conversation keeps the greeting it opened with.
+        rng = random.Random(turn.speaker.id) if turn.history is not None else random.Random()
         if turn.character and self.registry:
-            return self.registry.greeting(turn.character, turn.speaker.name)
+            return self.registry.greeting(turn.character, turn.speaker.name, rng)
         choices = card.greetings()
-        return apply_macros(random.choice(choices), card.display_name, turn.speaker.name) if choices else ""
+        return apply_macros(rng.choice(choices), card.display_name, turn.speaker.name) if choices else ""
+
+    @staticmethod
+    def _opens_with_greeting(turn: Turn, history: list[dict]) -> bool:
+        """A new roleplay opens with the greeting; so does a client's own history that starts with the user's
+        message, as the first turn was answered after it (a history that starts with a reply has its own).
+        A scene's turns bring their whole history."""
+        if not history:
+            return True
+        return turn.history is not None and turn.cue is None and history[0]["role"] == "user"
 
     async def _history(self, reply: Reply, card, recall: Recall | None) -> tuple[list[dict], list[dict]]:
         """The window's candidates: stored messages after the summary's cover (or the turn's explicit history),
@@ -642,10 +654,10 @@ class Engine:
             docs = [d for d in docs if d["role"] in ("user", "assistant")
                     and not (turn.request_key and d.get("request_key") == turn.request_key)]
             history = [{"role": d["role"], "content": d["content"]} for d in docs]
-        if card is not None and not history and not (recall and recall.summary):
+        if card is not None and self._opens_with_greeting(turn, history) and not (recall and recall.summary):
             greeting = self._greeting(card, turn)
             if greeting:
-                history = [{"role": "assistant", "content": greeting}]
+                history = [{"role": "assistant", "content": greeting}, *history]
                 if turn.remember:
                     await self.store.add_message(reply.conversation_id, "assistant", greeting, meta={"greeting": True})
         return history, docs

@@ -122,6 +122,38 @@ async def test_roleplay_and_character_models_answer(client):
     assert character.choices[0].message.content.strip()
 
 
+async def test_a_clients_own_history_opens_with_the_greeting_its_first_turn_had(sidecar):
+    """A client that sends the history itself (as the OpenAI API wants) gets the same greeting in front of it
+    every turn, so the second turn's prompt starts with the first's (and reads the cells it left)."""
+    from engine.cards import Card
+    from engine.types import GenParams, Speaker, Turn
+
+    engine = sidecar[0].engine
+    greetings = ["*Opens the door.* Welcome in.", "*Looks up.* Oh, hello.", "*Waves.* Over here!"]
+    engine.characters().add_imported(Card(name="Greeter", description="Greeter keeps a small inn by the sea.",
+                                          first_mes=greetings[0], alternate_greetings=greetings[1:]))
+
+    async def turn(who: str, text: str, history: list[dict]):
+        reply = engine.reply(Turn(speaker=Speaker(who, "Tess", "en"), scope="openai", text=text, mode="roleplay",
+                                  character="Greeter", remember=False, history=history,
+                                  params=GenParams(max_new_tokens=6, temperature=0.0)))
+        return reply, "".join([piece async for piece in reply])
+
+    try:
+        for who in ("openai:a", "openai:b", "openai:c", "openai:d"):
+            first, said = await turn(who, "Hello there!", [])
+            opening = first.prompt[:first.prompt.index("Hello there!")]
+            assert sum(g in opening for g in greetings) == 1
+            asked = [{"role": "user", "content": "Hello there!"}, {"role": "assistant", "content": said}]
+            second, _ = await turn(who, "Tell me more.", asked)
+            assert second.prompt.startswith(opening), (opening[-200:], second.prompt[:len(opening)][-200:])
+        # A history that starts with a reply brings its own opening.
+        own, _ = await turn("openai:a", "And now?", [{"role": "assistant", "content": "Ahoy."}, *asked])
+        assert not any(g in own.prompt for g in greetings)
+    finally:
+        engine.characters().remove_imported("Greeter")
+
+
 async def test_errors_have_openai_shape_and_the_client_raises_the_right_kind(client, sidecar):
     msgs = [{"role": "user", "content": "hi"}]
     with pytest.raises(openai.BadRequestError) as e:
