@@ -158,6 +158,11 @@ class LlamaCppModel(LocalModel):
     offload_kqv: bool = True
     use_mmap: bool = True
     use_mlock: bool = False
+    # After a change in a cached prompt (a lorebook entry that came or went), runs of at least this many cached
+    # tokens found further on are shifted into place instead of prefilled again (llama.cpp server's
+    # --cache-reuse). Those cells were computed after the old text, so the reply may differ from a fresh one's.
+    # 0: only the unchanged prefix is reused.
+    cache_reuse: int = Field(0, ge=0)
 
     @field_validator("kv_budget_tokens")
     @classmethod

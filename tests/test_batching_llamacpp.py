@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from engine.backends.base import Finish, Sampling
-from engine.backends.llamacpp_slots import LlamaCppSlots
+from engine.backends.llamacpp_slots import LlamaCppSlots, Reuse, reuse
 from engine.errors import EngineBusy, GenerationTimeout
 from engine.scheduler import ModelQueue, Stats
 from engine.settings import resolve_model_path
@@ -148,6 +148,41 @@ def test_second_turn_hits_the_prompt_cache_after_another_long_conversation(gen):
     assert turn2.finish.cached_tokens >= turn1.finish.prompt_tokens
     assert turn2.finish.cached_tokens < turn2.finish.prompt_tokens
     assert gen.batch_stats().cache_hit_tokens - before == turn2.finish.cached_tokens
+
+
+def test_reuse_keeps_the_prefix_then_runs_that_follow_a_removed_block():
+    cached = [1, 2, 3, 50, 51, 52, 10, 11, 12, 13, 14, 60, 20, 21, 22, 23]
+    assert reuse(cached, [1, 2, 3, 10, 11, 12, 13, 14, 20, 21, 22, 23, 99], 12, 3) == Reuse(12, ((6, 3, 5), (12, 8, 4)))
+    assert reuse(cached, [1, 2, 3, 10, 11, 12, 13, 14, 20, 21, 22, 23, 99], 12, 0) == Reuse(3)       # off
+    assert reuse(cached, [1, 2, 3, 10, 11, 12, 13, 14, 20, 21, 22, 23, 99], 12, 6) == Reuse(3)       # runs too short
+    assert reuse(cached, [1, 2, 3, 10, 11, 12, 13, 14, 20, 21, 22, 23, 99], 9, 3) == Reuse(8, ((6, 3, 5),))  # limit
+    # Text the cache never held (a block that came in) ends the reuse: the rest is prefilled.
+    assert reuse(cached, [1, 2, 3, 70, 71, 72, 10, 11, 12, 13, 14, 99], 11, 3) == Reuse(3)
+    assert reuse(cached, cached + [99], 16, 3) == Reuse(16)                                      # all of it
+
+
+def test_after_a_lorebook_block_goes_the_cells_that_follow_are_shifted_into_place():
+    """The next turn without a block the first had (a lorebook entry no longer triggered) reads the rest of
+    the card from the cache; those cells then stand for exactly the new prompt."""
+    lore = "Lore: the old lighthouse on the northern cape has been dark for ten years, since the storm. " * 4
+    g = slots(cache_reuse=64)
+    try:
+        # As a card's system text is laid out: blocks joined by blank lines (engine/prompts.py).
+        first = prompt(g, "Where are we?", system="\n\n".join(["You are a storyteller.", lore.strip(), CARD]))
+        run_one(g, first)
+        second = prompt(g, "And what now?", system="\n\n".join(["You are a storyteller.", CARD]))
+        turn = run_one(g, second)
+        assert turn.finish.cached_tokens > 200 and turn.text.strip()     # the card, not only the few shared tokens
+        again = run_one(g, second)       # the shifted cells are the prompt they now stand for: read in full
+        assert again.finish.cached_tokens == turn.finish.prompt_tokens - 1 and again.text == turn.text
+    finally:
+        g.close()
+    plain = slots(cache_reuse=0)
+    try:
+        run_one(plain, first)
+        assert run_one(plain, second).finish.cached_tokens < 20      # the first sentence
+    finally:
+        plain.close()
 
 
 def test_a_request_with_unusable_sampling_fails_alone_and_the_model_serves_on(gen):

@@ -35,6 +35,7 @@ def test_the_shipped_config_is_valid_and_runs_on_cpu():
     ("    device: cpu", "    device: gpu", "models.chat.device", "cuda"),
     ("kv_budget_tokens: 20480", "kv_budget_tokens: 8192", "models.roleplay.kv_budget_tokens", "at least 16384"),
     ("requantize: q8_0 ", "requantize: q4_k ", "models.roleplay.requantize", "'q8_0'"),
+    ("cache_reuse: 64 ", "cache_reuse: -64 ", "models.roleplay.cache_reuse", "greater than or equal to 0"),
 ])
 def test_a_wrong_key_type_or_value_names_key_and_line(old, new, key, message):
     text = TEXT.replace(old, new, 1)

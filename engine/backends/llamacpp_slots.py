@@ -69,6 +69,38 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
+@dataclass(frozen=True)
+class Reuse:
+    """What a slot's cells give a prompt: ``tokens`` from its start on, the common prefix and then ``runs``
+    (cache start, prompt start, length) found further on, each to be shifted into place."""
+
+    tokens: int
+    runs: tuple[tuple[int, int, int], ...] = ()
+
+
+def reuse(cached: list[int], prompt: list[int], limit: int, min_run: int) -> Reuse:
+    """How much of ``prompt[:limit]`` the cells holding ``cached`` can give. As llama.cpp server's cache reuse:
+    after the common prefix, cached tokens that are not next in the prompt are skipped (to be removed), and a
+    run of at least ``min_run`` (0: none) that is next is kept, moved to the prompt's positions."""
+    head = common_prefix(cached[:limit], prompt)
+    c = p = head
+    runs = []
+    while min_run and c < len(cached) and p < limit:
+        try:
+            c = cached.index(prompt[p], c)      # the next cached place the prompt's next token could go on from
+        except ValueError:
+            break
+        n = 0
+        while c + n < len(cached) and p + n < limit and cached[c + n] == prompt[p + n]:
+            n += 1
+        if n >= min_run:
+            runs.append((c, p, n))
+            c, p = c + n, p + n
+        else:
+            c += 1
+    return Reuse(p, tuple(runs))
+
+
 def sequences(cfg: LlamaCppModel) -> int:
     """Sequences of ``n_ctx`` cells: ``max_batch`` for running replies, the rest keep cached prefixes."""
     if not cfg.prompt_cache:
@@ -125,6 +157,7 @@ class LlamaCppSlots(LlamaText):
         self._hits = 0
         self._prompted = 0
         self._moves = 0             # replies moved to close a gap between running sequences (_compact)
+        self._min_run = cfg.cache_reuse if llama_cpp.llama_memory_can_shift(self._mem) else 0
         self._thread = threading.Thread(target=self._loop, name=f"llamacpp-slots-{path.stem}", daemon=True)
         self._thread.start()
 
@@ -156,7 +189,7 @@ class LlamaCppSlots(LlamaText):
 
     def info(self) -> dict:
         return {**super().info(), "slots": len(self._slots), "kv_budget_tokens": self.kv_capacity,
-                "prompt_cache": self.cfg.prompt_cache}
+                "prompt_cache": self.cfg.prompt_cache, "cache_reuse": self._min_run}
 
     def close(self) -> None:
         with self._wake:
@@ -248,10 +281,13 @@ class LlamaCppSlots(LlamaText):
         """Give ``req`` a sequence that already holds as much of its prompt as any slot does."""
         C = self.lib
         idle = [s for s in self._slots if s.req is None]
-        donor, keep = None, 0
-        if self.cfg.prompt_cache:
-            donor = max(self._slots, key=lambda s: (common_prefix(s.tokens, req.tokens), s.req is None, s.used_at))
-            keep = min(common_prefix(donor.tokens, req.tokens), len(req.tokens) - 1)   # the last token gives logits
+        donor, got = None, Reuse(0)
+        if self.cfg.prompt_cache:   # the last prompt token is always decoded: it gives the logits
+            limit = len(req.tokens) - 1
+            plans = {s: reuse(s.tokens, req.tokens, limit, self._min_run) for s in self._slots}
+            donor = max(self._slots, key=lambda s: (plans[s].tokens, s.req is None, s.used_at))
+            got = plans[donor]
+        keep = got.tokens
         if keep and donor.req is None and 2 * keep >= len(donor.tokens):
             target = donor                    # the same conversation's next turn: continue in place
         else:   # next to the running ones (see _compact), then an empty slot, else the LRU prefix
@@ -263,8 +299,11 @@ class LlamaCppSlots(LlamaText):
             if keep:   # a shared prefix (the same card, another user): streams are copied whole, then cut
                 C.llama_memory_seq_cp(self._mem, donor.seq, target.seq, -1, -1)
                 target.tokens = list(donor.tokens)
+        for c, p, n in got.runs:   # the cells between go; the run's cells take the prompt's positions
+            C.llama_memory_seq_rm(self._mem, target.seq, p, c)
+            C.llama_memory_seq_add(self._mem, target.seq, c, c + n, p - c)
         C.llama_memory_seq_rm(self._mem, target.seq, keep, -1)
-        del target.tokens[keep:]
+        target.tokens = req.tokens[:keep]
         req.todo = req.tokens[keep:]
         req.finish.cached_tokens = keep
         self._hits += keep
