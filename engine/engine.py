@@ -658,7 +658,7 @@ class Engine:
             greeting = self._greeting(card, turn)
             if greeting:
                 history = [{"role": "assistant", "content": greeting}, *history]
-                if turn.remember:
+                if turn.remember and len(history) == 1:     # a stored conversation opens with it
                     await self.store.add_message(reply.conversation_id, "assistant", greeting, meta={"greeting": True})
         return history, docs
 
