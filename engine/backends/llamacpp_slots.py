@@ -413,14 +413,17 @@ class LlamaCppSlots(LlamaText):
             self._emit(req, tail)
         req.finish.reason = reason
         req.error = error
-        if req.sampler is not None:
-            self.lib.llama_sampler_free(req.sampler)
-            req.sampler = None
+        self._free_sampler(req)
         s.req = None
         s.used_at = time.monotonic()
         if error is not None or not self.cfg.prompt_cache:
             self._evict(s)
         req.done.set()
+
+    def _free_sampler(self, req: _Request) -> None:
+        if req.sampler is not None:
+            self.lib.llama_sampler_free(req.sampler)
+            req.sampler = None
 
     def _sampler(self, s: Sampling):
         """The chain for a sampled reply; None for a greedy one (``_greedy``)."""
@@ -453,8 +456,6 @@ class LlamaCppSlots(LlamaText):
             waiting.append(s.req)
             s.req = None
         for req in waiting:
-            if req.sampler is not None:
-                self.lib.llama_sampler_free(req.sampler)
-                req.sampler = None
+            self._free_sampler(req)
             req.error = error
             req.done.set()
