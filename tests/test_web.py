@@ -154,6 +154,7 @@ READY = "document.body.dataset.ready === '1'"
 WRITING = "!!document.querySelector('.msg.writing')"
 # A long reply from even a tiny model, so that it is still being written when the page is read.
 LONG_ASK = "Count from 1 to 300 in words, separated by commas."
+STOPPED_NOTE = "[...document.querySelectorAll('.note')].some(n => n.textContent === 'Stopped.')"
 
 
 async def type_and_send(browser: Browser, text: str) -> None:
@@ -165,9 +166,10 @@ async def test_reply_streams_in_the_page_then_stop_and_reload_keep_the_history(s
     await browser.open(sidecar[1] + "/")
     await browser.until(READY)
     assert await browser.js("document.getElementById('send').textContent") == "Send"
-    # The reply grows while it is written: two reads (and screenshots) 300 ms apart differ. A tiny
-    # model sometimes answers in a few words (a third of the time at temperature 0.8: 4 of 12 seeds gave under 25
-    # tokens); then the test starts over in a new conversation. 10 tries: all short about once in 60,000 runs.
+    # The reply grows while it is written: two reads (and screenshots) 300 ms apart differ; then Stop ends it.
+    # A tiny model sometimes answers in a few words (a third of the time at temperature 0.8: 4 of 12 seeds gave under
+    # 25 tokens), or finishes between the second read and the click; then the test starts over in a new conversation.
+    # 10 tries: all short about once in 60,000 runs. A Stop that does nothing fails all 10.
     for _ in range(10):
         await type_and_send(browser, LONG_ASK)
         await browser.until(f"{LAST_REPLY}.length > 0 || !{WRITING}", timeout_s=90)
@@ -175,18 +177,18 @@ async def test_reply_streams_in_the_page_then_stop_and_reload_keep_the_history(s
         await asyncio.sleep(0.3)
         text2, shot2 = await browser.js(LAST_REPLY), await browser.screenshot()
         if await browser.js(WRITING) and text1:
-            break
+            assert len(text2) > len(text1) and text2.startswith(text1)
+            assert shot1 != shot2
+            await browser.js("document.getElementById('stop').click(); true")
+            await browser.until(f"!{WRITING}", timeout_s=10)
+            if await browser.js(STOPPED_NOTE):
+                break
         await browser.until(f"!{WRITING}", timeout_s=90)
         await browser.js("document.getElementById('reset').click(); true")
         await browser.until("document.querySelectorAll('.msg').length === 0")
     else:
-        pytest.fail("every reply ended before it could be seen streaming")
-    assert len(text2) > len(text1) and text2.startswith(text1)
-    assert shot1 != shot2
-    await browser.js("document.getElementById('stop').click(); true")
-    await browser.until(f"!{WRITING}", timeout_s=10)
+        pytest.fail("no reply was seen streaming and then stopped")
     stopped_text = await browser.js(LAST_REPLY)
-    assert await browser.js("[...document.querySelectorAll('.note')].some(n => n.textContent === 'Stopped.')")
     await asyncio.sleep(0.5)
     assert await browser.js(LAST_REPLY) == stopped_text, "text kept coming after stop"
     assert await browser.js("!document.getElementById('send').hidden")
