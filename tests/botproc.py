@@ -14,16 +14,9 @@ import aiohttp
 import psutil
 import yaml
 
-from bench.chaos.botproc import share_model_copies
+from bench.chaos.botproc import merge, share_model_copies
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for k, v in override.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def fast_config(folder: Path, override: dict | None = None) -> Path:

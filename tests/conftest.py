@@ -1,7 +1,6 @@
 """Shared fixtures: the embedded MongoDB server, a real engine on the shipped SmolLM2 models, the HTTP API."""
 from __future__ import annotations
 
-import copy
 import itertools
 import socket
 import uuid
@@ -11,6 +10,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
+from bench.chaos.botproc import merge
 from bot.config import AppConfig, Secrets
 from engine.engine import Engine, build_engine
 from engine.store.embedded import EmbeddedMongo
@@ -24,13 +24,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in override.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def make_config(override: dict | None = None) -> AppConfig:

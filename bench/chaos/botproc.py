@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import signal
 import socket
@@ -24,6 +25,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def merge(base: dict, override: dict) -> dict:
+    """``base`` with ``override``'s keys in place, section by section (nested dicts merge, other values replace)."""
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def write_config(path: Path, override: dict | None = None, tokens: int = 16) -> Path:
     """bot.yaml as shipped, with short replies (``tokens``) so thousands of requests finish in minutes, and the
     keys of ``override``'s sections in place of the shipped ones."""
@@ -31,9 +40,7 @@ def write_config(path: Path, override: dict | None = None, tokens: int = 16) -> 
     for role in ("chat", "roleplay"):
         cfg["models"][role]["max_new_tokens"] = {"policy": "fixed", "fixed": tokens}
     cfg["cards"]["directory"] = str(ROOT / "cards")
-    for key, value in (override or {}).items():   # a section's keys replace the shipped ones; the rest stay
-        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and isinstance(cfg.get(key), dict) else value
-    path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    path.write_text(yaml.safe_dump(merge(cfg, override or {}), allow_unicode=True), encoding="utf-8")
     share_model_copies(path.parent)
     return path
 
