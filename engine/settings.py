@@ -129,6 +129,9 @@ class TransformersModel(LocalModel):
     compute_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     torch_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     threads: int | None = Field(None, ge=1)
+    # CPU fp32 with max_batch > 1: the linear layers keep a second copy of their weights packed for batched
+    # products (engine/backends/packed_linear.py); more replies per second at once, about the weights' memory again.
+    packed_weights: bool = True
     adapter: str | list[str] | None = None
     active_adapter: str | None = None
     # Beam search on the routes that return the whole reply (/inferweb, /chatweb, non-stream /v1); 1: off.

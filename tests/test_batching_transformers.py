@@ -294,3 +294,15 @@ def test_torch_work_outside_the_loop_leaves_no_thread_team_behind(gen):
         assert tasks() == before
         pool.submit(raw_matmul).result()          # what the engine must not do: the team stays
         assert tasks() > before
+
+
+def test_on_the_cpu_the_weights_are_packed_for_a_full_batch_unless_turned_off(gen):
+    from engine.backends.packed_linear import MklPackedLinear, OneDnnPackedLinear
+
+    assert isinstance(gen.model.get_output_embeddings(), OneDnnPackedLinear)
+    assert {m.rows for m in gen.model.modules() if isinstance(m, MklPackedLinear)} == {8}
+    plain = load(max_batch=8, packed_weights=False)
+    try:
+        assert not any(isinstance(m, (MklPackedLinear, OneDnnPackedLinear)) for m in plain.model.modules())
+    finally:
+        plain.close()

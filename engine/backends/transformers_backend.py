@@ -27,7 +27,8 @@ class TransformersGenerator:
     (``transformers_batching.BatchLoop``); otherwise each call runs transformers' own generate().
 
     ``model``, ``tokenizer`` and ``device`` stay public: other paths (beam search, fine-tuning, the
-    classifier) call the model directly. The batch loop changes no model state, so they still work.
+    classifier) call the model directly. The batch loop changes no model state, and packed weights
+    (``packed_linear``) compute the same products where they apply, so they still work.
     """
 
     def __init__(self, cfg: TransformersModel, base_dir: Path, cache_dir: Path):
@@ -44,6 +45,7 @@ class TransformersGenerator:
         self.max_concurrent = cfg.max_batch if self.batch else 1
 
     def _batch_loop(self, cfg: TransformersModel):
+        from engine.backends.packed_linear import pack_for_batches
         from engine.backends.transformers_batching import BatchLoop, batchable
 
         if cfg.max_batch <= 1:
@@ -52,6 +54,9 @@ class TransformersGenerator:
         if why_not:
             log.warning("%s decodes one reply at a time: %s", cfg.model, why_not)
             return None
+        if cfg.packed_weights and self.device.type == "cpu":
+            added = in_own_thread(pack_for_batches, self.model, cfg.max_batch)
+            log.info("%s: packed weights for batches of %d: %d MiB", cfg.model, cfg.max_batch, added >> 20)
         return BatchLoop(self.model, self.tokenizer, self.device, max_batch=cfg.max_batch,
                          kv_budget=cfg.kv_budget_tokens or cfg.n_ctx * cfg.max_batch,
                          prefill_chunk=cfg.prefill_chunk, prompt_cache=cfg.prompt_cache,
