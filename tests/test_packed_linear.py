@@ -31,8 +31,9 @@ def models():
     return plain, packed, added
 
 
-def logits(model, rows: int) -> torch.Tensor:
-    ids = torch.arange(rows * 5).reshape(rows, 5) % 2048
+def logits(model, rows: int, length: int = 1) -> torch.Tensor:
+    """One forward of ``rows`` sequences of ``length`` tokens: the layers see rows x length rows (a decode step: 1)."""
+    ids = torch.arange(rows * length).reshape(rows, length) % 2048
     with torch.inference_mode():
         return model(input_ids=ids).logits
 
@@ -47,10 +48,18 @@ def test_every_large_fp32_layer_is_packed_and_the_model_keeps_its_parameters(mod
     assert added >= sum(m.weight.numel() * 4 for m in packed.modules() if isinstance(m, MklPackedLinear))
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 7, 8, 9])
-def test_logits_match_the_plain_model_at_any_batch_size(models, rows):
+@pytest.mark.parametrize("rows, length", [(1, 1), (2, 1), (3, 1), (7, 1), (8, 1), (9, 1), (2, 4), (3, 5)])
+def test_logits_match_the_plain_model_at_any_batch_size(models, rows, length):
     plain, packed, _ = models
-    torch.testing.assert_close(logits(packed, rows), logits(plain, rows), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits(packed, rows, length), logits(plain, rows, length), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("make", [lambda linear: MklPackedLinear(linear, ROWS), OneDnnPackedLinear])
+def test_the_packed_products_add_the_bias(make):
+    linear = torch.nn.Linear(256, 512, bias=True)
+    x = torch.randn(ROWS, 256)
+    with torch.inference_mode():
+        torch.testing.assert_close(make(linear)(x), linear(x), rtol=1e-4, atol=1e-4)
 
 
 def test_the_packed_copy_serves_exactly_the_row_counts_it_was_made_for():
