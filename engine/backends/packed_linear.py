@@ -38,12 +38,11 @@ class _PackedLinear(torch.nn.Linear):
         memo[id(self)] = plain
         return plain
 
-    def _packed_rows(self, x: torch.Tensor) -> int:
-        """Rows of ``x`` when the packed copy may serve it, else 0."""
-        if (torch.is_grad_enabled() or x.dtype != torch.float32 or x.device.type != "cpu"
-                or self.weight.device.type != "cpu" or self.weight._version != self._packed_version):
-            return 0
-        return x.numel() // self.in_features
+    def _packed_valid(self, x: torch.Tensor) -> bool:
+        """Whether the packed copy computes this product (asked only once the row count fits: one reply's
+        decode step, 1 row, pays a single comparison per layer)."""
+        return not (torch.is_grad_enabled() or x.dtype != torch.float32 or x.device.type != "cpu"
+                    or self.weight.device.type != "cpu" or self.weight._version != self._packed_version)
 
 
 class MklPackedLinear(_PackedLinear):
@@ -56,7 +55,7 @@ class MklPackedLinear(_PackedLinear):
         self.packed_bytes = self.packed.numel()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._packed_rows(x) == self.rows:
+        if x.numel() == self.rows * self.in_features and self._packed_valid(x):
             return torch.ops.mkl._mkl_linear(x, self.packed, self.weight, self.bias, self.rows)
         return F.linear(x, self.weight, self.bias)
 
@@ -69,7 +68,7 @@ class OneDnnPackedLinear(_PackedLinear):
         self.packed_bytes = self.packed.numel() * self.packed.element_size()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._packed_rows(x) >= HEAD_FROM_ROWS:
+        if x.numel() >= HEAD_FROM_ROWS * self.in_features and self._packed_valid(x):
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
 
