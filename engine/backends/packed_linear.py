@@ -87,7 +87,7 @@ def pack_for_batches(model: torch.nn.Module, rows: int) -> int:
 
     The output layer (the widest) gets oneDNN's layout, for every batch of ``HEAD_FROM_ROWS`` rows or more;
     the others MKL's, for a full batch of ``rows`` (MKL's packed product wins only at the row count it was
-    packed for: 28 vs 35 ms for SmolLM2's 210 layers at 8 rows, 2 cores). A torch built without MKL or
+    packed for: 28-32 vs 35-40 ms for SmolLM2's 210 layers at 8 rows, 2 cores). A torch built without MKL or
     oneDNN leaves those layers as they were. Runs parallel work: call it in a thread that ends
     (``torch_threads.in_own_thread``).
     """
