@@ -102,7 +102,7 @@ def pack_for_batches(model: torch.nn.Module, rows: int) -> int:
             continue
         try:
             packed = OneDnnPackedLinear(module) if kind == "onednn" else MklPackedLinear(module, rows)
-        except RuntimeError as e:     # this torch's build lacks the op: keep the plain layer
+        except RuntimeError as e:     # the op is not in this torch's build, or memory ran out: keep the plain layer
             log.warning("%s: no %s packing (%s); batched products use torch's default", name, kind, e)
             kinds[kind] = False
             continue
