@@ -301,8 +301,10 @@ def test_on_the_cpu_the_weights_are_packed_for_a_full_batch_unless_turned_off(ge
 
     assert isinstance(gen.model.get_output_embeddings(), OneDnnPackedLinear)
     assert {m.rows for m in gen.model.modules() if isinstance(m, MklPackedLinear)} == {8}
+    assert gen.info()["packed_weights_mib"] > 400         # about the weights' size again (SmolLM2 fp32: 540 MB)
     plain = load(max_batch=8, packed_weights=False)
     try:
         assert not any(isinstance(m, (MklPackedLinear, OneDnnPackedLinear)) for m in plain.model.modules())
+        assert plain.info()["packed_weights_mib"] == 0
     finally:
         plain.close()

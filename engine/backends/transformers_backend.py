@@ -41,6 +41,7 @@ class TransformersGenerator:
         self.source = model_source(cfg, base_dir)
         self.device = next(self.model.parameters()).device
         self.adapter = adapter_info(cfg, base_dir)
+        self.packed_bytes = 0           # the packed copies' size (packed_linear); shown in info()
         self.batch = self._batch_loop(cfg)
         self.max_concurrent = cfg.max_batch if self.batch else 1
 
@@ -55,8 +56,7 @@ class TransformersGenerator:
             log.warning("%s decodes one reply at a time: %s", cfg.model, why_not)
             return None
         if cfg.packed_weights and self.device.type == "cpu":
-            added = in_own_thread(pack_for_batches, self.model, cfg.max_batch)
-            log.info("%s: packed weights for batches of %d: %d MiB", cfg.model, cfg.max_batch, added >> 20)
+            self.packed_bytes = in_own_thread(pack_for_batches, self.model, cfg.max_batch)
         return BatchLoop(self.model, self.tokenizer, self.device, max_batch=cfg.max_batch,
                          kv_budget=cfg.kv_budget_tokens or cfg.n_ctx * cfg.max_batch,
                          prefill_chunk=cfg.prefill_chunk, prompt_cache=cfg.prompt_cache,
@@ -138,7 +138,8 @@ class TransformersGenerator:
                 "adapter": self.adapter["name"] if self.adapter else None,
                 "adapter_path": self.adapter["path"] if self.adapter else None,
                 "max_batch": self.max_concurrent,
-                "prompt_cache": self.batch is not None and self.batch.prefix is not None}
+                "prompt_cache": self.batch is not None and self.batch.prefix is not None,
+                "packed_weights_mib": round(self.packed_bytes / 2**20)}
 
     def close(self) -> None:
         if self.batch is not None:
