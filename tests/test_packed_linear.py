@@ -93,3 +93,12 @@ def test_a_copy_of_a_packed_model_is_a_plain_one_with_the_same_weights(models):
     assert copied.lm_head.weight is copied.model.embed_tokens.weight
     assert copied.lm_head.weight is not packed.lm_head.weight
     torch.testing.assert_close(logits(copied, ROWS), logits(plain, ROWS), rtol=1e-4, atol=1e-4)
+
+
+def test_nothing_is_packed_when_the_copies_would_not_fit_the_memory_budget():
+    model = tiny_llama()
+    weights = sum(m.weight.numel() * 4 for m in model.modules() if type(m) is torch.nn.Linear)
+    assert pack_for_batches(model, ROWS, budget=weights // 2) == 0
+    assert not any(isinstance(m, (MklPackedLinear, OneDnnPackedLinear)) for m in model.modules())
+    assert pack_for_batches(model, ROWS, budget=weights * 2) > 0
+    assert isinstance(model.lm_head, OneDnnPackedLinear)

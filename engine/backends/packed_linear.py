@@ -83,8 +83,11 @@ def _packable(module: torch.nn.Module) -> bool:
             and getattr(module, "_hf_hook", None) is None)
 
 
-def pack_for_batches(model: torch.nn.Module, rows: int) -> int:
+def pack_for_batches(model: torch.nn.Module, rows: int, budget: int | None = None) -> int:
     """Swap the model's fp32 CPU ``nn.Linear`` layers for packed ones; the bytes the packed copies take.
+
+    With ``budget`` (bytes), nothing is packed where the copies would take more than that (they take about the
+    weights' size): a model that barely fits the machine is served slower rather than killed for memory.
 
     The output layer (the widest) gets oneDNN's layout, for every batch of ``HEAD_FROM_ROWS`` rows or more;
     the others MKL's, for a full batch of ``rows`` (MKL's packed product wins only at the row count it was
@@ -92,12 +95,16 @@ def pack_for_batches(model: torch.nn.Module, rows: int) -> int:
     oneDNN leaves those layers as they were. Runs parallel work: call it in a thread that ends
     (``torch_threads.in_own_thread``).
     """
+    layers = [(name, module) for name, module in model.named_modules() if _packable(module)]
+    need = sum(module.weight.numel() * module.weight.element_size() for _, module in layers)
+    if budget is not None and need > budget:
+        log.warning("weights not packed for batches: the copies need about %d MiB, more than the %d MiB allowed",
+                    need >> 20, budget >> 20)
+        return 0
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     kinds = {"mkl": torch.backends.mkl.is_available(), "onednn": torch.backends.mkldnn.is_available()}
     added = 0
-    for name, module in list(model.named_modules()):
-        if not _packable(module):
-            continue
+    for name, module in layers:
         kind = "onednn" if module is head else "mkl"
         if not kinds[kind]:
             continue

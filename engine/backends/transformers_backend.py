@@ -56,7 +56,11 @@ class TransformersGenerator:
             log.warning("%s decodes one reply at a time: %s", cfg.model, why_not)
             return None
         if cfg.packed_weights and self.device.type == "cpu":
-            self.packed_bytes = in_own_thread(pack_for_batches, self.model, cfg.max_batch)
+            import psutil
+
+            # Half of what is free: the KV cache, the other model and the prompt cache still need room.
+            budget = psutil.virtual_memory().available // 2
+            self.packed_bytes = in_own_thread(pack_for_batches, self.model, cfg.max_batch, budget)
         return BatchLoop(self.model, self.tokenizer, self.device, max_batch=cfg.max_batch,
                          kv_budget=cfg.kv_budget_tokens or cfg.n_ctx * cfg.max_batch,
                          prefill_chunk=cfg.prefill_chunk, prompt_cache=cfg.prompt_cache,
